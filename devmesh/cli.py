@@ -1,0 +1,127 @@
+"""The `devmesh` command: parses arguments and calls `devmesh.commands`, nothing more."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from devmesh import __version__, commands
+from devmesh.config import ConfigError
+from devmesh.control.client import ControlError, NoMesh
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Run a project's dev services, supervise them, and share them across a team.",
+)
+
+FileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="devmesh.toml or Procfile (default: found from the cwd)"),
+]
+Names = Annotated[list[str] | None, typer.Argument(help="services (default: all)")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"devmesh {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="show the version")
+    ] = False,
+) -> None:
+    """devmesh: dev services, supervised and shared."""
+
+
+@app.command()
+def up(
+    services: Names = None,
+    file: FileOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="mesh namespace (default: [mesh] namespace)")
+    ] = None,
+) -> None:
+    """Start the project's services (or just SERVICES and what they depend on)."""
+    raise typer.Exit(commands.up(file, services or [], detach=detach, namespace=namespace))
+
+
+@app.command()
+def down(file: FileOpt = None) -> None:
+    """Stop the project's running mesh."""
+    raise typer.Exit(commands.down(file))
+
+
+@app.command()
+def check(file: FileOpt = None) -> None:
+    """Validate the config and print the resolved services."""
+    raise typer.Exit(commands.check(file))
+
+
+@app.command()
+def status(
+    file: FileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show services, their state, pid, port and restarts."""
+    raise typer.Exit(commands.status(file, as_json=as_json))
+
+
+@app.command()
+def logs(
+    services: Names = None,
+    file: FileOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+    lines: Annotated[
+        int | None, typer.Option("--lines", "-n", help="only the last N lines")
+    ] = None,
+) -> None:
+    """Show service logs (all services interleaved in time order when none is named)."""
+    raise typer.Exit(commands.logs(file, services or [], follow=follow, lines=lines))
+
+
+def _action(name: str, action: str, file: Path | None) -> None:
+    raise typer.Exit(commands.service_action(file, name, action))
+
+
+@app.command()
+def start(service: str, file: FileOpt = None) -> None:
+    """Start a stopped, exited or failed service."""
+    _action(service, "start", file)
+
+
+@app.command()
+def stop(service: str, file: FileOpt = None) -> None:
+    """Stop a service; it stays stopped until started again."""
+    _action(service, "stop", file)
+
+
+@app.command()
+def restart(service: str, file: FileOpt = None) -> None:
+    """Stop a service and start it again."""
+    _action(service, "restart", file)
+
+
+def main() -> None:
+    """Console-script entry point: user mistakes become one line on stderr and exit code 1 or 2."""
+    try:
+        app()
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"devmesh: {issue}", file=sys.stderr)
+        sys.exit(2)
+    except (commands.UserError, NoMesh, ControlError) as exc:
+        for line in str(exc).splitlines():
+            print(f"devmesh: {line}", file=sys.stderr)
+        sys.exit(getattr(exc, "code", 1))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,280 @@
+"""What each CLI command does. `cli.py` parses arguments and calls these; they raise
+`UserError` for the user's own mistakes, which the CLI prints as one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from devmesh.config import Config, find_project, load
+from devmesh.config import describe as describe_config
+from devmesh.control.client import ControlClient, ControlError
+from devmesh.logs import reader
+from devmesh.logs.writer import want_color
+from devmesh.paths import ProjectPaths
+from devmesh.supervisor import policy
+from devmesh.supervisor.lock import AlreadyRunning, holder
+from devmesh.supervisor.preflight import preflight
+
+DETACH_TIMEOUT = 60.0
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as `devmesh: <message>` with exit code `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def out(text: str = "") -> None:
+    """Print a line of command output."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def project(file: Path | None) -> tuple[Config, ProjectPaths]:
+    """The project the CLI is pointed at (`-f`, or found from the current directory)."""
+    config = load(find_project(Path.cwd(), file))
+    return config, ProjectPaths.for_root(config.root)
+
+
+def client(file: Path | None) -> tuple[Config, ControlClient]:
+    """The project and a client for its running mesh."""
+    config, paths = project(file)
+    return config, ControlClient(paths, config.root)
+
+
+def check_names(config: Config, names: Sequence[str]) -> None:
+    """UserError for a service name the project does not have."""
+    from devmesh.supervisor.core import unknown_service
+
+    for name in names:
+        if name not in config.services:
+            raise UserError(unknown_service(name, dict(config.services)))
+
+
+# ---------------------------------------------------------------------- up / down
+
+
+def up(file: Path | None, names: Sequence[str], *, detach: bool, namespace: str | None) -> int:
+    """`devmesh up`: run the supervisor in the foreground, or in the background with --detach."""
+    config, paths = project(file)
+    check_names(config, names)
+    pid = holder(paths.lock)
+    if pid is not None:
+        raise UserError(str(AlreadyRunning(pid)))
+    depends = {n: dict(c.depends_on) for n, c in config.services.items()}
+    starting = [
+        n for n in config.services if n in policy.closure(names or config.services, depends)
+    ]
+    errors = preflight(config, starting)
+    if errors:
+        raise UserError("\n".join(errors))
+    if detach:
+        return _up_detached(config, paths, names, namespace)
+    from devmesh.supervisor.core import Supervisor
+
+    supervisor = Supervisor(
+        config, paths, only=names, terminal_fd=1, color=want_color(1), namespace=namespace
+    )
+    try:
+        return supervisor.run()
+    except AlreadyRunning as exc:
+        raise UserError(str(exc)) from None
+
+
+def _up_detached(
+    config: Config, paths: ProjectPaths, names: Sequence[str], namespace: str | None
+) -> int:
+    paths.ensure()
+    argv = [sys.executable, "-m", "devmesh", "up", "-f", str(config.path), *names]
+    if namespace:
+        argv += ["--namespace", namespace]
+    with open(paths.daemon_log, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=config.root,
+        )
+    ctl = ControlClient(paths, config.root, timeout=5.0)
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    status: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            tail = paths.daemon_log.read_text(errors="replace").splitlines()[-5:]
+            raise UserError("devmesh exited at start:\n" + "\n".join(tail), code or 1)
+        try:
+            status = ctl.status()
+        except Exception:  # not listening yet
+            time.sleep(0.05)
+            continue
+        wanted = [s for s in status["services"] if not names or s["name"] in names]
+        if all(s["state"] not in ("starting", "stopped") for s in wanted if s["command"]):
+            break
+        time.sleep(0.05)
+    if status is None:
+        raise UserError(f"devmesh (pid {proc.pid}) did not answer; see {paths.daemon_log}")
+    out(f"devmesh running in the background (pid {proc.pid}); logs: devmesh logs -f")
+    out(render_status(status))
+    return 0
+
+
+def down(file: Path | None) -> int:
+    """`devmesh down`: stop the project's mesh and wait until it is gone."""
+    config, ctl = client(file)
+    pid = ctl.shutdown()
+    longest = max((s.stop_timeout for s in config.services.values()), default=10.0)
+    deadline = time.monotonic() + longest * 2 + 10
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise UserError(f"devmesh (pid {pid}) is still stopping; try `devmesh down` again")
+        time.sleep(0.05)
+    out(f"devmesh stopped (pid {pid})")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------------- check / status
+
+
+def check(file: Path | None) -> int:
+    """`devmesh check`: validate the config and print the resolved services."""
+    config, _ = project(file)
+    out(describe_config(config))
+    return 0
+
+
+def status(file: Path | None, *, as_json: bool) -> int:
+    """`devmesh status`: a table, or the JSON document."""
+    _, ctl = client(file)
+    data = ctl.status()
+    out(json.dumps(data, indent=2) if as_json else render_status(data))
+    return 0
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def render_status(data: dict[str, Any]) -> str:
+    """The status table (`devmesh status`)."""
+    node = data["node"]
+    lines = [
+        f"project {node['project']}  namespace {node['namespace']}  pid {node['pid']}",
+        "",
+    ]
+    rows: list[tuple[str, ...]] = [
+        ("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "INFO")
+    ]
+    for s in data["services"]:
+        rows.append(
+            (
+                s["name"],
+                s["state"],
+                str(s["pid"] or "-"),
+                str(s["port"] or "-"),
+                str(s["restarts"]),
+                _age(s["uptime"]),
+                s["reason"] or "",
+            )
+        )
+    lines += _table(rows)
+    workers = ", ".join(
+        f"{w['name']} {w['state']} (pid {w['pid'] or '-'}, restarts {w['restarts']})"
+        for w in data["workers"]
+    )
+    lines += ["", f"workers: {workers}"]
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+# ---------------------------------------------------------------------- service actions
+
+
+def service_action(file: Path | None, name: str, action: str) -> int:
+    """`devmesh start|stop|restart SERVICE`: ask, then wait until it is done."""
+    config, ctl = client(file)
+    check_names(config, [name])
+    svc_config = config.services[name]
+    before = next(s for s in ctl.status()["services"] if s["name"] == name)
+    try:
+        ctl.action(name, action)
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    if action == "stop":
+        svc = ctl.wait_service(name, until={"stopped"}, timeout=svc_config.stop_timeout + 5)
+    else:
+        timeout = svc_config.stop_timeout + svc_config.start_secs + 10
+        svc = ctl.wait_service(
+            name,
+            until={"running", "failed", "exited", "backoff"},
+            changed_from=before["pid"] if action == "restart" else None,
+            timeout=timeout,
+        )
+    detail = f" (pid {svc['pid']})" if svc["pid"] else ""
+    reason = f": {svc['reason']}" if svc["reason"] else ""
+    out(f"{name} {svc['state']}{detail}{reason}")
+    return 0 if svc["state"] in ("running", "stopped") else 1
+
+
+# ---------------------------------------------------------------------- logs
+
+
+def logs(file: Path | None, names: Sequence[str], *, follow: bool, lines: int | None) -> int:
+    """`devmesh logs [SERVICE...] [-f] [-n N]`, read from the log files."""
+    config, paths = project(file)
+    check_names(config, names)
+    services = list(names) or [n for n in config.services if n in reader.services_in(paths.logs)]
+    color = want_color(1)
+    width = max([len(n) for n in services] + [7])
+    index = {n: i for i, n in enumerate(config.services)}
+    write = sys.stdout.write
+    for rec in reader.read_records(paths.logs, services, lines):
+        write(reader.format_record(rec, width=width, color=color, index=index[rec.service]) + "\n")
+    sys.stdout.flush()
+    if follow:
+        try:
+            for rec in reader.follow(paths.logs, services):
+                line = reader.format_record(rec, width=width, color=color, index=index[rec.service])
+                write(line + "\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+    return 0

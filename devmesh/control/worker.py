@@ -1,0 +1,107 @@
+"""The control worker: a starlette app on the project's unix socket, served by uvicorn.
+
+It holds no state of its own: every request becomes a `ControlRequest` to the parent, and the
+parent's `ControlReply` becomes the HTTP response. The socket is bound by the parent, so a
+restarted control worker serves the same path at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from devmesh import messages as m
+from devmesh.workers.base import WorkerRuntime
+
+REQUEST_TIMEOUT = 30.0
+SERVICE_ACTIONS = frozenset({"start", "stop", "restart"})
+
+
+class ControlRole:
+    """Serves the control API and relays each request to the parent."""
+
+    def __init__(self, runtime: WorkerRuntime, sockets: list[socket.socket]) -> None:
+        self.runtime = runtime
+        self.sockets = sockets
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[m.ControlReply]] = {}
+        app = Starlette(
+            routes=[
+                Route("/v1/status", self.status, methods=["GET"]),
+                Route("/v1/services/{name}/{action}", self.service_action, methods=["POST"]),
+                Route("/v1/shutdown", self.shutdown, methods=["POST"]),
+            ]
+        )
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            loop="none",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+
+    # ---- Role ----
+
+    async def serve(self) -> None:
+        """Serve the API on the socket the parent bound until told to stop."""
+        await self.server.serve(sockets=self.sockets)
+
+    def handle(self, msg: m.ParentMessage) -> None:
+        """Resolve the request waiting for this reply."""
+        if isinstance(msg, m.ControlReply):
+            future = self._waiting.pop(msg.id, None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+
+    def stop(self) -> None:
+        """Stop accepting; uvicorn finishes the requests in flight."""
+        self.server.should_exit = True
+
+    # ---- the API ----
+
+    async def ask(self, action: str, **args: Any) -> JSONResponse:
+        """Send one request to the parent and turn its reply into a response."""
+        request_id = next(self._ids)
+        future: asyncio.Future[m.ControlReply] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        self.runtime.send(m.ControlRequest(id=request_id, action=action, args=args))
+        try:
+            reply = await asyncio.wait_for(future, REQUEST_TIMEOUT)
+        except TimeoutError:
+            self._waiting.pop(request_id, None)
+            return JSONResponse({"error": "the supervisor did not answer in time"}, 504)
+        if not reply.ok:
+            return JSONResponse({"error": reply.error}, reply.status)
+        return JSONResponse(reply.data, reply.status)
+
+    async def status(self, request: Request) -> JSONResponse:
+        """GET /v1/status: the node, its services and workers."""
+        return await self.ask("status")
+
+    async def service_action(self, request: Request) -> JSONResponse:
+        """POST /v1/services/{name}/{start|stop|restart}."""
+        action = request.path_params["action"]
+        if action not in SERVICE_ACTIONS:
+            return JSONResponse({"error": f"unknown action {action!r}"}, 404)
+        return await self.ask(action, name=request.path_params["name"])
+
+    async def shutdown(self, request: Request) -> JSONResponse:
+        """POST /v1/shutdown: stop every service and the supervisor (`devmesh down`)."""
+        return await self.ask("shutdown")
+
+
+def make_role(
+    runtime: WorkerRuntime, configure: m.Configure, sockets: list[socket.socket]
+) -> ControlRole:
+    """The control worker's role factory (named in the parent's worker table)."""
+    return ControlRole(runtime, sockets)

@@ -1,0 +1,79 @@
+"""Every message between the parent supervisor and its workers: small frozen dataclasses.
+
+They cross a `multiprocessing` pipe (pickled). `PROTOCOL` changes whenever a field does, and a
+worker that reads a `Configure` of another version exits instead of guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PROTOCOL = 1
+
+
+# ---- worker -> parent ----
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker finished starting and serves."""
+
+    worker: str
+    pid: int
+    kind: Literal["ready"] = "ready"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent from the worker's event loop, so a blocked loop goes silent and is restarted."""
+
+    worker: str
+    kind: Literal["heartbeat"] = "heartbeat"
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """A CLI or dashboard action for the parent: status, start, stop, restart, shutdown."""
+
+    id: int
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["control_request"] = "control_request"
+
+
+# ---- parent -> worker ----
+
+
+@dataclass(frozen=True)
+class Configure:
+    """The first message a worker gets: who it is and the settings it needs."""
+
+    worker: str
+    protocol: int
+    project: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["configure"] = "configure"
+
+
+@dataclass(frozen=True)
+class ControlReply:
+    """The parent's answer to a `ControlRequest` with the same id."""
+
+    id: int
+    ok: bool
+    data: Any = None
+    error: str = ""
+    status: int = 200  # the HTTP status the control API answers with
+    kind: Literal["control_reply"] = "control_reply"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Finish what is in flight and exit."""
+
+    kind: Literal["stop"] = "stop"
+
+
+WorkerMessage = Ready | Heartbeat | ControlRequest
+ParentMessage = Configure | ControlReply | Stop

@@ -1,0 +1,34 @@
+"""Checks made before `devmesh up` starts anything: each failure is one clear line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from devmesh.config.model import Config
+from devmesh.supervisor import procs
+
+
+def preflight(config: Config, names: Iterable[str]) -> list[str]:
+    """Missing programs and taken ports among the services that would start."""
+    errors: list[str] = []
+    file = config.path.name
+    for name in names:
+        svc = config.services[name]
+        where = f"{file}:{svc.line}" if svc.line else file
+        if svc.command is not None:
+            env = {**os.environ, **config.dotenv, **svc.env}
+            program = procs.missing_program(svc.command, cwd=svc.cwd, env=env)
+            if program is not None:
+                errors.append(
+                    f"{where}: services.{name}.command: {program!r} not found"
+                    f"{' on PATH' if '/' not in program else ''}; install it or fix the command"
+                )
+        if svc.port is not None and svc.command is not None:
+            who = procs.port_holder(svc.port)
+            if who is not None:
+                errors.append(
+                    f"{where}: services.{name}.port: port {svc.port} is already in use by {who}; "
+                    "stop that process or choose another port"
+                )
+    return errors

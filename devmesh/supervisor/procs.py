@@ -1,0 +1,190 @@
+"""Spawning and signalling service processes: own session, parent-death signal, group kill.
+
+Services are plain children (no Python process between devmesh and them): `/bin/sh -c` runs the
+command in a new session so that the whole group can be stopped, and `PR_SET_PDEATHSIG` makes
+the direct child die with the supervisor; the watchdog takes care of the rest of the group.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+_libc: ctypes.CDLL | None = None
+if sys.platform.startswith("linux"):
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux only)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def _child_setup(parent_pid: int) -> None:
+    # Runs in the forked child before exec: no locks, no logging.
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@dataclass
+class Spawned:
+    """A started service: its process and the read end of its merged stdout/stderr pipe."""
+
+    popen: subprocess.Popen[bytes]
+    output_fd: int
+
+    @property
+    def pid(self) -> int:
+        """The service's main pid (also its process group and session id)."""
+        return self.popen.pid
+
+
+def spawn(command: str, *, cwd: Path, env: Mapping[str, str]) -> Spawned:
+    """Start `command` through /bin/sh in its own session, output into a fresh pipe.
+
+    Raises OSError (FileNotFoundError for a missing cwd) when the process cannot start.
+    """
+    read_fd, write_fd = os.pipe()
+    parent = os.getpid()
+    try:
+        popen = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=lambda: _child_setup(parent),
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    return Spawned(popen=popen, output_fd=read_fd)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to a whole process group; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def sweep_tree(pid: int) -> list[int]:
+    """SIGKILL what a service left outside its group (it called setsid): its descendants."""
+    killed: list[int] = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return killed
+    for child in children:
+        try:
+            child.kill()
+            killed.append(child.pid)
+        except psutil.Error:
+            pass
+    return killed
+
+
+# ---- checks before anything starts ----
+
+_SHELL_WORDS = frozenset(
+    (
+        "if then else elif fi case esac for while until do done in function select time ! { } "
+        "[[ ]] . : source exec eval export set unset cd test [ echo printf true false trap wait "
+        "read shift ulimit umask command builtin type alias exit return break continue readonly "
+        "times getopts hash jobs kill local pwd fg bg let"
+    ).split()
+)
+
+
+def missing_program(command: str, *, cwd: Path, env: Mapping[str, str]) -> str | None:
+    """The program a command runs if it cannot be found (None when found or not knowable)."""
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        return None  # the shell will report its own syntax error
+    for word in words:
+        if "=" in word and not word.startswith("=") and word.split("=", 1)[0].isidentifier():
+            continue  # FOO=bar cmd
+        if word in _SHELL_WORDS or any(c in word for c in "$`*?();&|<>"):
+            return None
+        if "/" in word:
+            path = (cwd / word) if not word.startswith("/") else Path(word)
+            return None if os.access(path, os.X_OK) and path.is_file() else word
+        return None if shutil.which(word, path=env.get("PATH", os.defpath)) else word
+    return None
+
+
+def port_holder(port: int) -> str | None:
+    """If `port` cannot be bound on this machine, a description of who holds it."""
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                continue
+            return _who_listens(port) or "another process"
+    return None
+
+
+def _who_listens(port: int) -> str | None:
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.Error, OSError):
+        return None
+    for conn in conns:
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+            if conn.pid is None:
+                return "a process of another user"
+            try:
+                proc = psutil.Process(conn.pid)
+                cmdline = " ".join(proc.cmdline())[:80] or proc.name()
+            except psutil.Error:
+                return f"pid {conn.pid}"
+            return f"pid {conn.pid} ({cmdline})"
+    return None
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on loopback and the wildcard address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])

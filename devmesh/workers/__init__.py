@@ -1,0 +1,1 @@
+"""Worker processes: each runs one role (control now; proxy, discovery, health later)."""

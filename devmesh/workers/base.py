@@ -1,0 +1,130 @@
+"""What every worker process does: watch its parent, heartbeat, read parent messages, run a role.
+
+A worker is started with the `spawn` method (a fresh interpreter, no inherited loop or lock).
+It dies with its parent twice over: `PR_SET_PDEATHSIG`, and EOF on its pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+from devmesh import messages as m
+from devmesh.supervisor.procs import set_parent_death_signal
+
+HEARTBEAT_INTERVAL = 1.0
+
+
+class Role(Protocol):
+    """The part of a worker that does its job."""
+
+    async def serve(self) -> None:
+        """Run until `stop()`."""
+
+    def handle(self, msg: m.ParentMessage) -> None:
+        """A message from the parent other than `Stop`."""
+
+    def stop(self) -> None:
+        """Finish in-flight work and make `serve()` return."""
+
+
+RoleFactory = Callable[["WorkerRuntime", m.Configure, list[socket.socket]], Role]
+
+
+class WorkerRuntime:
+    """The link to the parent: send messages, receive them on the loop, heartbeat."""
+
+    def __init__(self, name: str, conn: Connection) -> None:
+        self.name = name
+        self.conn = conn
+        self.role: Role | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def send(self, msg: m.WorkerMessage) -> None:
+        """Send one message to the parent (small messages: the pipe buffer takes them whole)."""
+        try:
+            self.conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self._parent_gone()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading parent messages and heartbeating on `loop`."""
+        self._loop = loop
+        loop.add_reader(self.conn.fileno(), self._on_readable)
+        self._beat()
+
+    def _beat(self) -> None:
+        self.send(m.Heartbeat(worker=self.name))
+        assert self._loop is not None
+        self._loop.call_later(HEARTBEAT_INTERVAL, self._beat)
+
+    def _on_readable(self) -> None:
+        try:
+            while self.conn.poll():
+                msg = self.conn.recv()
+                if isinstance(msg, m.Stop):
+                    if self.role is not None:
+                        self.role.stop()
+                elif self.role is not None:
+                    self.role.handle(msg)
+        except (EOFError, OSError):
+            self._parent_gone()
+
+    def _parent_gone(self) -> None:
+        # Nobody is left to report to and every client was the parent's: leave now.
+        os._exit(0)
+
+
+def worker_main(
+    name: str,
+    conn: Connection,
+    sockets: list[socket.socket],
+    parent_pid: int,
+    factory_path: str,
+) -> None:
+    """Entry point of a spawned worker: `factory_path` is `module:function` returning a Role."""
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    # Ctrl+C reaches the whole foreground group; only the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure = conn.recv()
+    if not isinstance(configure, m.Configure) or configure.protocol != m.PROTOCOL:
+        sys.exit(3)
+    module_name, _, func_name = factory_path.partition(":")
+    module = __import__(module_name, fromlist=[func_name])
+    factory: RoleFactory = getattr(module, func_name)
+    runtime = WorkerRuntime(name, conn)
+    _run(runtime, factory, configure, sockets)
+
+
+def _run(
+    runtime: WorkerRuntime,
+    factory: RoleFactory,
+    configure: m.Configure,
+    sockets: list[socket.socket],
+) -> None:
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps other OSes alive
+        loop_factory = asyncio.new_event_loop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        role = factory(runtime, configure, sockets)
+        runtime.role = role
+        runtime.attach(loop)
+        runtime.send(m.Ready(worker=runtime.name, pid=os.getpid()))
+        await role.serve()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())

@@ -1,0 +1,367 @@
+"""`devmesh up` end to end: real processes, signals and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+import psutil
+
+from tests.conftest import Project, pid_alive, wait_until
+
+ENV_DUMP = """
+import json, os, sys
+keys = [k for k in os.environ if k.startswith(("DEVMESH_", "PORT", "GREETING", "FROM_"))]
+json.dump({k: os.environ[k] for k in keys} | {"cwd": os.getcwd(),
+          "unbuffered": os.environ.get("PYTHONUNBUFFERED")}, open(sys.argv[1], "w"))
+import time; time.sleep(1000)
+"""
+
+
+def test_up_runs_services_with_port_env_and_status(project: Project) -> None:
+    project.write("dump.py", ENV_DUMP)
+    project.write(".env", "GREETING=from-dotenv\nFROM_DOTENV=1\n")
+    (project.root / "sub").mkdir()
+    project.toml(
+        """
+        [services.api]
+        command = "python3 ../dump.py ../api.json"
+        cwd = "sub"
+        port = 5701
+        env = { FROM_SERVICE = "yes", GREETING = "from-service" }
+
+        [services.web]
+        command = "python3 dump.py web.json"
+        """
+    )
+    project.up()
+    api = project.wait_state("api", "running")
+    web = project.wait_state("web", "running")
+    api_env = json.loads(wait_until(lambda: _read(project.root / "api.json"), 10, "api env"))
+    web_env = json.loads(wait_until(lambda: _read(project.root / "web.json"), 10, "web env"))
+    assert api_env["PORT"] == "5701" and api["port"] == 5701
+    assert api_env["DEVMESH_SERVICE"] == "api"
+    assert api_env["GREETING"] == "from-service"  # service env wins over .env
+    assert api_env["FROM_DOTENV"] == "1" and api_env["FROM_SERVICE"] == "yes"
+    assert api_env["cwd"] == str(project.root / "sub")
+    assert api_env["unbuffered"] == "1"
+    assert api_env["DEVMESH_WEB_URL"] == f"http://localhost:{web['port']}"
+    assert "DEVMESH_API_URL" not in api_env
+    assert web_env["PORT"] == str(web["port"]) and 0 < web["port"] < 65536
+    assert web_env["DEVMESH_API_URL"] == "http://localhost:5701"
+    status = project.status()
+    assert status["node"]["pid"] == project.running[0].pid
+    assert status["node"]["namespace"]
+    assert [w["name"] for w in status["workers"]] == ["control"]
+    assert status["workers"][0]["state"] == "running"
+    for svc in status["services"]:
+        assert set(svc) >= {"name", "port", "state", "pid", "restarts", "health"}
+        assert pid_alive(svc["pid"])
+    table = project.cli("status")
+    assert table.returncode == 0 and "api" in table.stdout and "running" in table.stdout
+
+
+def _read(path: os.PathLike[str]) -> str | None:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def test_dependency_order_and_conditions(project: Project) -> None:
+    # Each service appends its name when it starts; migrate must complete before api starts.
+    project.toml(
+        """
+        [services.web]
+        command = "echo web >> order; exec sleep 1000"
+        depends_on = ["api"]
+
+        [services.api]
+        command = "echo api >> order; exec sleep 1000"
+        depends_on = { db = "started", migrate = "completed" }
+
+        [services.migrate]
+        command = "sleep 0.5; echo migrate >> order"
+        restart = "no"
+        depends_on = ["db"]
+
+        [services.db]
+        command = "echo db >> order; exec sleep 1000"
+        """
+    )
+    project.up()
+    project.wait_state("web", "starting", "running")
+    assert (project.root / "order").read_text().split() == ["db", "migrate", "api", "web"]
+    assert project.service("migrate")["state"] == "exited"
+    assert project.service("migrate")["exit_code"] == 0
+
+
+def test_failed_completed_dependency_blocks_dependent(project: Project) -> None:
+    project.toml(
+        """
+        [services.migrate]
+        command = "exit 3"
+        restart = "no"
+
+        [services.api]
+        command = "sleep 1000"
+        depends_on = { migrate = "completed" }
+        """
+    )
+    project.up()
+    api = project.wait_state("api", "failed")
+    assert "migrate" in api["reason"] and "3" in api["reason"]
+
+
+def test_crash_loop_ends_in_failed_with_exit_code(project: Project) -> None:
+    project.toml(
+        """
+        [services.crashy]
+        command = "echo boom; exit 7"
+        backoff = "50ms"
+        max_restarts = 3
+
+        [services.steady]
+        command = "sleep 1000"
+        """
+    )
+    project.up()
+    steady_pid = project.wait_state("steady", "running")["pid"]
+    crashy = project.wait_state("crashy", "failed", timeout=20)
+    assert crashy["exit_code"] == 7 and crashy["restarts"] == 3
+    assert "exited with code 7" in crashy["reason"] and "4 times" in crashy["reason"]
+    # It stays failed: no endless respawn.
+    time.sleep(0.5)
+    assert project.service("crashy")["restarts"] == 3
+    assert project.service("steady")["pid"] == steady_pid
+    table = project.cli("status").stdout
+    assert "failed" in table and "exited with code 7" in table
+
+
+def test_restart_policies(project: Project) -> None:
+    project.toml(
+        """
+        [services.once]
+        command = "exit 0"
+        restart = "on-failure"
+
+        [services.never]
+        command = "exit 1"
+        restart = "no"
+
+        [services.again]
+        command = "sleep 0.2; exit 0"
+        restart = "always"
+        start_secs = "100ms"
+        backoff = "50ms"
+        """
+    )
+    project.up()
+    assert project.wait_state("once", "exited")["exit_code"] == 0
+    assert project.wait_state("never", "exited")["exit_code"] == 1
+    wait_until(lambda: project.service("again")["restarts"] >= 3, 15, "always to restart")
+    assert project.service("once")["restarts"] == 0 and project.service("never")["restarts"] == 0
+
+
+def test_user_stop_is_never_restarted_and_start_restart_work(project: Project) -> None:
+    project.toml(
+        """
+        [services.api]
+        command = "sleep 1000"
+        restart = "always"
+        backoff = "50ms"
+        """
+    )
+    project.up()
+    pid = project.wait_state("api", "running")["pid"]
+    result = project.cli("stop", "api")
+    assert result.returncode == 0, result.stderr
+    assert "stopped" in result.stdout
+    assert not pid_alive(pid)
+    time.sleep(0.5)  # a restart would have happened within the 50 ms backoff
+    svc = project.service("api")
+    assert svc["state"] == "stopped" and svc["pid"] is None
+    result = project.cli("start", "api")
+    assert result.returncode == 0, result.stderr
+    started = project.wait_state("api", "running")
+    assert started["pid"] != pid
+    result = project.cli("restart", "api")
+    assert result.returncode == 0, result.stderr
+    after = project.wait_state("api", "running")
+    assert after["pid"] not in (None, started["pid"])
+    assert not pid_alive(started["pid"])
+
+
+def test_graceful_stop_reverse_order_stop_signal_and_timeout(project: Project) -> None:
+    # db must outlive api: each writes when it gets its stop signal.
+    trap = 'trap "echo {name} >> stops; exit 0" {sig}; while true; do sleep 0.05; done'
+    project.toml(
+        f"""
+        [services.db]
+        command = '{trap.format(name="db", sig="TERM")}'
+
+        [services.api]
+        command = '{trap.format(name="api", sig="INT")}'
+        depends_on = ["db"]
+        stop_signal = "INT"
+
+        [services.stubborn]
+        command = "trap '' TERM; while true; do sleep 0.05; done"
+        stop_timeout = "500ms"
+        """
+    )
+    run = project.up()
+    project.wait_state("api", "running")
+    stubborn = project.wait_state("stubborn", "running")["pid"]
+    start = time.monotonic()
+    assert run.stop(timeout=20) == 0
+    assert time.monotonic() - start < 10
+    assert (project.root / "stops").read_text().split() == ["api", "db"]
+    assert not pid_alive(stubborn)
+    assert "did not stop within 0.5s" in run.text()
+
+
+def test_kill_worker_is_restarted_and_services_keep_pids(project: Project) -> None:
+    project.toml(
+        """
+        [services.api]
+        command = "sleep 1000"
+        """
+    )
+    project.up()
+    svc_pid = project.wait_state("api", "running")["pid"]
+    worker = project.status()["workers"][0]
+    os.kill(worker["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    def new_worker() -> int | None:
+        # The supervisor restarts it; the status goes through the new worker.
+        data = project.try_status()
+        if data is None:
+            return None
+        w = data["workers"][0]
+        return w["pid"] if w["pid"] != worker["pid"] and w["state"] == "running" else None
+
+    new_pid = wait_until(new_worker, 5, "a new control worker")
+    assert pid_alive(new_pid)
+    assert project.status()["workers"][0]["restarts"] == 1
+    assert project.service("api")["pid"] == svc_pid
+    # Restarted "within 1 s": the new process exists well before that.
+    proc = psutil.Process(new_pid)
+    assert proc.create_time() - (time.time() - (time.monotonic() - killed_at)) < 1.0
+
+
+def test_kill_parent_leaves_nothing_behind(project: Project) -> None:
+    project.toml(
+        """
+        [services.forker]
+        command = "sh -c 'sleep 1000 & sleep 1000'"
+
+        [services.plain]
+        command = "sleep 1000"
+        """
+    )
+    run = project.up()
+    project.wait_state("forker", "running")
+    project.wait_state("plain", "running")
+    everything = psutil.Process(run.pid).children(recursive=True)
+    status = project.status()
+    watchdog = status["node"]["watchdog_pid"]
+    # the forker's group holds sh + 2 sleeps; plus the worker and the watchdog
+    assert len([p for p in everything if p.name() == "sleep"]) == 3
+    pids = {p.pid for p in everything} - {watchdog}
+    os.kill(run.pid, signal.SIGKILL)
+    run.proc.wait(5)
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 2.0, "every child to be gone")
+    wait_until(lambda: not pid_alive(watchdog), 2.0, "the watchdog to exit")
+
+
+def test_detach_and_down(project: Project) -> None:
+    project.toml(
+        """
+        [services.api]
+        command = "sleep 1000"
+        """
+    )
+    result = project.cli("up", "--detach")
+    assert result.returncode == 0, result.stderr
+    assert "running in the background" in result.stdout and "api" in result.stdout
+    status = project.status()
+    assert status["services"][0]["state"] in ("starting", "running")
+    pid, svc_pid = status["node"]["pid"], status["services"][0]["pid"]
+    result = project.cli("down")
+    assert result.returncode == 0, result.stderr
+    assert not pid_alive(pid) and not pid_alive(svc_pid)
+    gone = project.cli("status")
+    assert gone.returncode == 1
+    assert "not running" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_bad_input_is_one_line_and_disturbs_nothing(project: Project) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        project.toml(
+            f"""
+            [services.api]
+            command = "sleep 1000"
+
+            [services.nope]
+            command = "no-such-program-xyz --flag"
+
+            [services.busy]
+            command = "sleep 1000"
+            port = {taken}
+            """
+        )
+        result = project.cli("up", "nope")
+        assert result.returncode == 1
+        assert "no-such-program-xyz" in result.stderr and "not found" in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+        result = project.cli("up", "busy")
+        assert result.returncode == 1
+        assert f"port {taken} is already in use by pid {os.getpid()}" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        result = project.cli("up", "apx")
+        assert result.returncode == 1 and "did you mean 'api'" in result.stderr
+        project.up("api")
+        api_pid = project.wait_state("api", "running")["pid"]
+        second = project.cli("up", "api")
+        assert second.returncode == 1
+        assert "already running" in second.stderr and str(project.running[0].pid) in second.stderr
+        assert len(second.stderr.splitlines()) == 1
+        bad = project.cli("restart", "apx")
+        assert bad.returncode == 1 and "unknown service 'apx'" in bad.stderr
+        assert project.service("api")["pid"] == api_pid and pid_alive(api_pid)
+    finally:
+        holder.close()
+
+
+def test_stale_socket_and_no_mesh_are_explained(project: Project) -> None:
+    project.toml(
+        """
+        [services.api]
+        command = "sleep 1000"
+        """
+    )
+    result = project.cli("status")
+    assert (
+        result.returncode == 1 and "not running" in result.stderr and "devmesh up" in result.stderr
+    )
+    run = project.up()
+    sock_path = project.status()["node"]["socket"]
+    os.kill(run.pid, signal.SIGKILL)
+    run.proc.wait(5)
+    assert os.path.exists(sock_path)
+    stale = project.cli("status")
+    assert stale.returncode == 1 and "stale socket" in stale.stderr
+    # and a new `devmesh up` replaces it
+    project.up()
+    project.wait_state("api", "running")
