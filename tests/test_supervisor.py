@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -365,3 +366,140 @@ def test_stale_socket_and_no_mesh_are_explained(project: Project) -> None:
     # and a new `devmesh up` replaces it
     project.up()
     project.wait_state("api", "running")
+
+
+BURST = """
+import sys
+name, count = sys.argv[1], int(sys.argv[2])
+out = sys.stdout.buffer
+pad = "x" * 60
+# Write in uneven chunks so that lines are split across pipe reads.
+buf = []
+for i in range(count):
+    buf.append(f"{name} {i} {pad}\\n")
+    if len(buf) == 37:
+        out.write("".join(buf).encode())
+        buf = []
+out.write("".join(buf).encode())
+out.flush()
+"""
+
+
+def test_log_burst_loses_tears_and_reorders_nothing(project: Project) -> None:
+    per = 50_000
+    names = ["s1", "s2", "s3", "s4"]
+    project.write("burst.py", BURST)
+    project.toml(
+        "\n".join(
+            f'[services.{n}]\ncommand = "python3 burst.py {n} {per}"\nrestart = "no"\n'
+            for n in names
+        )
+    )
+    run = project.up()
+    for n in names:
+        project.wait_state(n, "exited", timeout=60)
+    line_re = re.compile(r"^\d\d:\d\d:\d\d (s\d) +\| (s\d) (\d+) x{60}$")
+
+    def check(lines: list[str], expect: list[str]) -> None:
+        seen = dict.fromkeys(expect, 0)
+        for line in lines:
+            if "devmesh" in line.split("|")[0] or "| [devmesh] " in line:
+                continue
+            match = line_re.match(line)
+            assert match, f"torn or garbled line: {line!r}"
+            prefix, name, seq = match.group(1), match.group(2), int(match.group(3))
+            assert prefix == name
+            assert seq == seen[name], f"{name}: expected line {seen[name]}, got {seq}"
+            seen[name] += 1
+        assert seen == dict.fromkeys(expect, per)
+
+    # The terminal: wait until the last lines are flushed.
+    wait_until(lambda: run.text().count(f" {per - 1} ") == 4, 20, "terminal output")
+    check(run.text().splitlines(), names)
+    # The log files, through `devmesh logs`: one service, then all interleaved.
+    one = project.cli("logs", "s2")
+    assert one.returncode == 0, one.stderr
+    check(one.stdout.splitlines(), ["s2"])
+    every = project.cli("logs")
+    assert every.returncode == 0, every.stderr
+    check(every.stdout.splitlines(), names)
+    last = project.cli("logs", "s3", "-n", "5").stdout.splitlines()
+    assert len(last) == 5 and "exited with code 0" in last[-1]  # devmesh's own line
+    assert [line.split()[-2] for line in last[:-1]] == [str(i) for i in range(per - 4, per)]
+
+
+def test_blocked_worker_loop_is_detected_and_replaced(project: Project) -> None:
+    project.toml(
+        """
+        [services.api]
+        command = "sleep 1000"
+        """
+    )
+    project.up()
+    svc_pid = project.wait_state("api", "running")["pid"]
+    worker = project.status()["workers"][0]["pid"]
+    os.kill(worker, signal.SIGSTOP)  # alive but silent: no heartbeats
+    try:
+
+        def replaced() -> bool:
+            data = project.try_status()
+            return data is not None and data["workers"][0]["pid"] not in (None, worker)
+
+        wait_until(replaced, 15, "the silent worker to be replaced")
+    finally:
+        if pid_alive(worker):
+            os.kill(worker, signal.SIGCONT)
+    assert not pid_alive(worker)
+    assert project.service("api")["pid"] == svc_pid
+
+
+def test_watchdog_is_restarted_and_still_cleans_up(project: Project) -> None:
+    project.toml(
+        """
+        [services.forker]
+        command = "sh -c 'sleep 1000 & sleep 1000'"
+        """
+    )
+    run = project.up()
+    project.wait_state("forker", "running")
+    first = project.status()["node"]["watchdog_pid"]
+    os.kill(first, signal.SIGKILL)
+
+    def new_watchdog() -> int | None:
+        pid: int = project.status()["node"]["watchdog_pid"]
+        return pid if pid != first and pid_alive(pid) else None
+
+    second = wait_until(new_watchdog, 5, "a new watchdog")
+    children = {p.pid for p in psutil.Process(run.pid).children(recursive=True)} - {second}
+    os.kill(run.pid, signal.SIGKILL)
+    run.proc.wait(5)
+    wait_until(lambda: not any(pid_alive(p) for p in children), 2.0, "every child to be gone")
+
+
+def _devmesh_pss(supervisor: int) -> int:
+    """PSS of the supervisor, its workers and its watchdog (not the services)."""
+    total = psutil.Process(supervisor).memory_full_info().pss
+    for child in psutil.Process(supervisor).children():
+        if child.name() not in ("sleep", "sh"):
+            total += child.memory_full_info().pss
+    return total
+
+
+def test_per_service_overhead_is_under_one_megabyte(project: Project) -> None:
+    measured = {}
+    for count in (10, 110):
+        project.toml("\n".join(f'[services.s{i}]\ncommand = "sleep 1000"\n' for i in range(count)))
+        run = project.up()
+        wait_until(
+            lambda: all(s["state"] == "running" for s in project.status()["services"]),
+            30,
+            "all services running",
+        )
+        # No Python (or any other) process between devmesh and a service.
+        for svc in project.status()["services"]:
+            assert psutil.Process(svc["pid"]).ppid() == run.pid
+        measured[count] = _devmesh_pss(run.pid)
+        assert run.stop() == 0
+    per_service = (measured[110] - measured[10]) / 100
+    print(f"devmesh PSS: {measured}, {per_service / 1024:.1f} KiB per service")
+    assert per_service < 1024 * 1024, f"{per_service / 1024:.0f} KiB per service"
