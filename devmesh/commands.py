@@ -266,15 +266,21 @@ def logs(file: Path | None, names: Sequence[str], *, follow: bool, lines: int | 
     width = max([len(n) for n in services] + [7])
     index = {n: i for i, n in enumerate(config.services)}
     write = sys.stdout.write
-    for rec in reader.read_records(paths.logs, services, lines):
-        write(reader.format_record(rec, width=width, color=color, index=index[rec.service]) + "\n")
-    sys.stdout.flush()
-    if follow:
-        try:
-            for rec in reader.follow(paths.logs, services):
-                line = reader.format_record(rec, width=width, color=color, index=index[rec.service])
-                write(line + "\n")
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            pass
+
+    def history() -> None:
+        for rec in reader.read_records(paths.logs, services, lines):
+            write(reader.format_record(rec, width=width, color=color, index=index[rec.service]))
+            write("\n")
+        sys.stdout.flush()
+
+    if not follow:
+        history()
+        return 0
+    try:
+        for rec in reader.follow(paths.logs, services, on_open=history):
+            write(reader.format_record(rec, width=width, color=color, index=index[rec.service]))
+            write("\n")
+            sys.stdout.flush()
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
     return 0

@@ -503,3 +503,41 @@ def test_per_service_overhead_is_under_one_megabyte(project: Project) -> None:
     per_service = (measured[110] - measured[10]) / 100
     print(f"devmesh PSS: {measured}, {per_service / 1024:.1f} KiB per service")
     assert per_service < 1024 * 1024, f"{per_service / 1024:.0f} KiB per service"
+
+
+def test_logs_follow_prints_history_then_new_lines(project: Project) -> None:
+    import subprocess
+    import sys
+
+    project.toml(
+        """
+        [services.ticker]
+        command = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"
+        """
+    )
+    project.up()
+    project.wait_state("ticker", "running")
+    wait_until(lambda: "tick 3" in project.cli("logs", "ticker").stdout, 10, "three ticks")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "devmesh", "logs", "-f", "ticker"],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        seen: list[int] = []
+        deadline = time.monotonic() + 15
+        while len(seen) < 30 and time.monotonic() < deadline:
+            line = follower.stdout.readline()
+            if " tick " in line:
+                seen.append(int(line.split()[-1]))
+        # The history and the followed lines join without a gap or a repeat.
+        assert seen[:3] == [1, 2, 3]
+        assert seen == list(range(1, len(seen) + 1)) and len(seen) == 30
+    finally:
+        follower.kill()
+        follower.wait(5)
+        assert follower.stdout is not None
+        follower.stdout.close()

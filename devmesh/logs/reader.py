@@ -287,8 +287,12 @@ def follow(
     *,
     poll: float = 0.1,
     stop: Callable[[], bool] = lambda: False,
+    on_open: Callable[[], None] = lambda: None,
 ) -> Iterator[LogRecord]:
     """Yield the lines appended to the services' logs after the call, like `tail -F`.
+
+    `on_open` runs once the files are open at their ends and before anything is yielded: the
+    place to print the history, so that no line falls between the history and the follow.
 
     Survives rotation (inode change) and truncation, and picks up files that appear later. An
     empty `services` means every service, including ones whose file appears later. `stop()` is
@@ -304,6 +308,7 @@ def follow(
 
     for name in services or services_in(log_dir):
         add(name, at_end=True)
+    on_open()
     try:
         while not stop():
             if every:
