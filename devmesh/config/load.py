@@ -6,10 +6,10 @@ and invalid values all become `ConfigIssue`s, collected and raised as one `Confi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
 
 from devmesh.config.locate import locate
 from devmesh.config.model import Config, ConfigError, ConfigIssue, ConfigSource
@@ -73,26 +73,20 @@ def load(path: Path) -> Config:
     env = parse_dotenv(_read(env_path), env_report) if env_path.is_file() else DotEnv()
     if path.suffix == ".toml":
         report, config = _load_toml(path, text, root)
-        source = ConfigSource.TOML
     else:
         report = Report(path)
-        config = {"services": read_procfile(text, report, root, base_port(env, env_report))}
-        source = ConfigSource.PROCFILE
+        services = read_procfile(text, report, root, base_port(env, env_report))
+        config = Config(path=path, root=root, source=ConfigSource.PROCFILE, services=services)
     # Sorted by line so that the list reads like the file; `sorted` keeps the order within a line.
     issues = _by_line(report.issues) + _by_line(env_report.issues)
     if issues:
         raise ConfigError(issues)
-    return Config(
-        path=path,
-        root=root,
-        source=source,
-        env_file=env_path if env_path.is_file() else None,
-        dotenv=env.values,
-        **config,
+    return dataclasses.replace(
+        config, env_file=env_path if env_path.is_file() else None, dotenv=env.values
     )
 
 
-def _load_toml(path: Path, text: str, root: Path) -> tuple[Report, dict[str, Any]]:
+def _load_toml(path: Path, text: str, root: Path) -> tuple[Report, Config]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -101,13 +95,16 @@ def _load_toml(path: Path, text: str, root: Path) -> tuple[Report, dict[str, Any
     report = Report(path, located.lines)
     report.unknown_keys(data, SECTIONS, (), where_keys_belong())
     proxy = read_proxy(report, data.get("proxy"), root)
-    return report, {
-        "mesh": read_mesh(report, data.get("mesh"), root),
-        "proxy": proxy,
-        "discovery": read_discovery(report, data.get("discovery")),
-        "log": read_log(report, data.get("log")),
-        "services": read_services(report, data.get("services"), root, proxy.port),
-    }
+    return report, Config(
+        path=path,
+        root=root,
+        source=ConfigSource.TOML,
+        mesh=read_mesh(report, data.get("mesh"), root),
+        proxy=proxy,
+        discovery=read_discovery(report, data.get("discovery")),
+        log=read_log(report, data.get("log")),
+        services=read_services(report, data.get("services"), root, proxy.port),
+    )
 
 
 def _syntax_issue(path: Path, text: str, error: tomllib.TOMLDecodeError) -> ConfigIssue:
@@ -139,7 +136,8 @@ def _by_line(issues: list[ConfigIssue]) -> list[ConfigIssue]:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: some editors on Windows start files with a byte order mark.
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise _error(path, f"no such file in {path.parent}", "create it or pass -f") from None
     except UnicodeDecodeError as error:

@@ -44,7 +44,7 @@ class HostHeader(enum.StrEnum):
 
     CANONICAL = "canonical"  # <name>.localhost:<proxy port>
     KEEP = "keep"  # what the client sent
-    # any other value of `host_header` is a fixed Host, kept in ServiceConfig.host_header_value
+    # any other value of `host_header` is a fixed Host value, kept as is
 
 
 class ConfigSource(enum.StrEnum):

@@ -105,12 +105,14 @@ def read_service(
     run = t.get("run", as_text, None)
     if "command" in t and "run" in t:
         t.issue("run", "both command and run are set", "keep one of them (run means command)")
-    env = t.get_map("env", env_value)
-    for var in env:
-        if not var or "=" in var or "\0" in var:
+    env: dict[str, str] = {}
+    for var, value in t.get_map("env", env_value).items():
+        if not var or "=" in var or "\0" in var:  # execve() cannot pass such a name
             report.add(
                 (*key, "env", var), "is not a valid variable name", "use a name like NODE_ENV"
             )
+        else:
+            env[var] = value
     depends_on, dep_keys = read_depends_on(t)
     return (
         ServiceConfig(
@@ -119,7 +121,7 @@ def read_service(
             port=t.get("port", as_port, d.port),
             version=t.get("version", as_text, d.version),
             cwd=t.get("cwd", existing_path(root, directory=True), root),
-            env={k: v for k, v in env.items() if k and "=" not in k and "\0" not in k},
+            env=env,
             restart=t.get("restart", choice(RestartPolicy, "a restart policy"), d.restart),
             depends_on=depends_on,
             health=t.get("health", parse_health, d.health),
