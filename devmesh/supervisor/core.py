@@ -274,9 +274,10 @@ class Supervisor:
             svc.to(S.RUNNING)  # STARTING -> RUNNING: alive for start_secs
             self._dirty = True
 
-    def _output_reader(self, name: str, fd: int) -> Callable[[Any], None]:
-        def on_readable(_: Any) -> None:
-            for _ in range(4):  # bounded, so that one chatty service cannot starve the loop
+    def _output_reader(self, name: str, fd: int) -> Callable[..., None]:
+        def on_readable(_: Any, chunks: int = 4) -> None:
+            # Bounded, so that one chatty service cannot starve the loop.
+            for _ in range(chunks):
                 try:
                     data = os.read(fd, READ_CHUNK)
                 except BlockingIOError:
@@ -303,6 +304,10 @@ class Supervisor:
     def _on_exit(self, svc: Service, code: int) -> None:
         assert svc.proc is not None
         pid = svc.proc.pid
+        # Everything it wrote before it died comes before the news of its exit.
+        key = self.selector.get_map().get(svc.proc.output_fd)
+        if key is not None:
+            key.data(key.fileobj, chunks=64)
         # Whatever is left of its group (a background grandchild) goes with it.
         procs.signal_group(pid, signal.SIGKILL)
         svc.kill_escaped()

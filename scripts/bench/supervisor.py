@@ -69,15 +69,17 @@ SETTLE = 2.0
 START_TIMEOUT = 120.0
 LOG_TIMEOUT = 180.0
 STALL = 20.0  # no progress for this long: give up on the run
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0  # supervisord stops one program per loop pass: 200 take longer
 KILL_TIMEOUT = 5.0
 MIB = 2**20
+# supervisord's own warnings about how this benchmark runs it, not problems of the run.
+BENIGN = (b"Supervisor is running as root", b"running without any HTTP authentication")
 
 PRODUCER = f"""\
 import os, sys, time
 n, name = int(sys.argv[1]), sys.argv[2].encode()
 head = b"{MARKER.decode()} %s " % name
-pad = {LINE_BYTES} - len(head) - 7
+pad = {LINE_BYTES} - len(head) - 8
 for first in range(0, n, {LINES_PER_WRITE}):
     os.write(1, b"".join(
         head + b"%06d " % i + b"x" * pad + b"\\n"
@@ -291,7 +293,8 @@ def _toml_str(text: str) -> str:
 class Running:
     """One launched manager: its process tree, and stopping all of it by pid."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, manager: str, plan: Plan) -> None:
+        self.manager = manager
         self.plan = plan
         self._out: IO[bytes] = open(plan.stdout, "wb")  # noqa: SIM115 - closed in stop()
         self._err: IO[bytes] = open(plan.stderr, "wb")  # noqa: SIM115
@@ -311,6 +314,7 @@ class Running:
         self.seen: dict[int, Proc] = {}
         self.exit_code: int | None = None
         self.stop_seconds = 0.0
+        self.stop_killed = False
 
     def elapsed(self) -> float:
         """Seconds since just before the launch."""
@@ -340,6 +344,7 @@ class Running:
         try:
             self.exit_code = self.popen.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            self.stop_killed = True
             self.popen.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.exit_code = self.popen.wait(KILL_TIMEOUT)
@@ -383,7 +388,9 @@ class Running:
         for path in (self.plan.stderr, self.plan.stdout):
             with contextlib.suppress(OSError), open(path, "rb") as f:
                 for line in f:
-                    if MARKER not in line and pattern.search(line):
+                    if MARKER in line or any(b in line for b in BENIGN):
+                        continue
+                    if pattern.search(line):
                         found.append(line.decode(errors="replace").rstrip())
                         if len(found) >= 10:
                             return found
@@ -407,10 +414,31 @@ def wait_for_sleeps(run: Running, count: int) -> float:
         time.sleep(POLL)
 
 
-def own_pss(run: Running) -> tuple[int, int]:
-    """PSS of the manager's own processes (root + non-service descendants), and how many."""
+def own_pss(run: Running) -> tuple[int, list[tuple[str, int]]]:
+    """PSS of the manager's own processes (root + non-service descendants), and each one's."""
     own = [run.popen.pid] + [p.pid for p in run.tree(fresh=True) if p.comm not in SERVICE_COMMS]
-    return pss(own), len(own)
+    parts: dict[str, int] = {}
+    for pid in own:
+        role = "manager" if pid == run.popen.pid else role_of(pid, run.manager)
+        parts[role] = parts.get(role, 0) + pss([pid])
+    return sum(parts.values()), sorted(parts.items(), key=lambda kv: -kv[1])
+
+
+def role_of(pid: int, manager: str) -> str:
+    """What a manager's helper process is, from its command line."""
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return "gone"
+    if "resource_tracker" in cmdline:
+        return "multiprocessing resource tracker"
+    if "spawn_main" in cmdline:
+        return "control worker (spawned)" if manager == "devmesh" else "spawned child"
+    if manager == "devmesh":
+        return "watchdog (forked)"
+    if manager == "honcho":
+        return "per-process children (forked)"
+    return "child"
 
 
 class LineCounter:
@@ -489,21 +517,25 @@ def verify(paths: Sequence[Path], services: Sequence[str], per_service: int) -> 
     return result
 
 
-def wait_for_lines(run: Running, counter: LineCounter, total: int) -> float | None:
-    """Seconds from launch until `total` marker lines are written (None: they never were)."""
+def wait_for_lines(
+    run: Running, counter: LineCounter, total: int
+) -> tuple[float | None, float | None]:
+    """Seconds from launch until the first and until all `total` marker lines are written
+    (None: they never were)."""
     last, last_change = -1, time.monotonic()
+    first: float | None = None
     while True:
         n = counter.poll()
         elapsed = run.elapsed()
+        if n and first is None:
+            first = elapsed
         if n >= total:
-            return elapsed
+            return first, elapsed
         now = time.monotonic()
         if n != last:
             last, last_change = n, now
-        if elapsed > LOG_TIMEOUT or now - last_change > STALL:
-            return None
-        if run.popen.poll() is not None:
-            return None
+        if elapsed > LOG_TIMEOUT or now - last_change > STALL or run.popen.poll() is not None:
+            return first, None
         time.sleep(POLL)
 
 
@@ -518,6 +550,7 @@ class Results:
     completeness: dict[str, list[Completeness]] = field(default_factory=dict)
     problems: dict[str, list[str]] = field(default_factory=dict)
     failures: dict[str, list[str]] = field(default_factory=dict)
+    stop_killed: dict[str, int] = field(default_factory=dict)
 
     def add(self, metric: str, manager: str, value: float) -> None:
         """Record one sample."""
@@ -545,7 +578,7 @@ def run_start_memory(
     """Launch `manager` with `services` sleeps: start time, then (memory) PSS after settling."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-{manager}-"))
     svcs = [Service(f"s{i:03d}", SLEEP_COMMAND) for i in range(services)]
-    run = Running(PLANS[manager](work, svcs))
+    run = Running(manager, PLANS[manager](work, svcs))
     try:
         seconds = wait_for_sleeps(run, services)
         line = f"    {manager:<12} {services:>4} services: all running after {seconds:6.3f}s"
@@ -554,9 +587,14 @@ def run_start_memory(
         if memory:
             time.sleep(SETTLE)
             run.check_alive()
-            total, nprocs = own_pss(run)
+            total, parts = own_pss(run)
             results.add(f"pss{services}", manager, total)
-            line += f", own PSS {total / MIB:7.2f} MiB in {nprocs} processes"
+            line += f", own PSS {total / MIB:7.2f} MiB: " + ", ".join(
+                f"{role} {size / MIB:.1f}" for role, size in parts
+            )
+            if services != SMALL_SERVICES:
+                for role, size in parts:
+                    results.add(f"pss_part:{role}", manager, size)
         print(line, flush=True)
     except RuntimeError as exc:
         print(f"    {manager:<12} {services:>4} services: FAILED: {exc}", flush=True)
@@ -567,6 +605,8 @@ def run_start_memory(
             results.note(results.problems, manager, problem)
         if record_start:
             results.add("stop", manager, run.stop_seconds)
+            if run.stop_killed:
+                results.stop_killed[manager] = results.stop_killed.get(manager, 0) + 1
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -578,10 +618,10 @@ def run_logs(manager: str, lines: int, results: Results) -> None:
     per = lines // LOG_SERVICES
     names = [f"s{i:03d}" for i in range(LOG_SERVICES)]
     svcs = [Service(n, f"{sys.executable} {producer} {per} {n}") for n in names]
-    run = Running(PLANS[manager](work, svcs))
+    run = Running(manager, PLANS[manager](work, svcs))
     counter = LineCounter(run.plan.line_files)
     try:
-        seconds = wait_for_lines(run, counter, per * LOG_SERVICES)
+        first, seconds = wait_for_lines(run, counter, per * LOG_SERVICES)
         counter.close()
         if seconds is None:
             time.sleep(1.0)  # let stragglers land before counting what is there
@@ -595,9 +635,12 @@ def run_logs(manager: str, lines: int, results: Results) -> None:
             rate = per * LOG_SERVICES / seconds
             results.add("logs", manager, rate)
             results.add("logs_s", manager, seconds)
+            assert first is not None
+            if seconds > first:
+                results.add("logs_flow", manager, per * LOG_SERVICES / (seconds - first))
             print(
                 f"    {manager:<12} logs: {per * LOG_SERVICES} lines in {seconds:6.3f}s = "
-                f"{rate:9.0f} lines/s, {check.describe()}",
+                f"{rate:9.0f} lines/s (first line after {first:.3f}s), {check.describe()}",
                 flush=True,
             )
     finally:
@@ -720,6 +763,7 @@ def table(results: Results, args: argparse.Namespace) -> list[str]:
         rows += [
             (f"log fan-in, {args.lines:,} lines (lines/s, higher is better)", "logs"),
             ("log fan-in, time to write every line (s)", "logs_s"),
+            ("log fan-in from the first line written (lines/s, for information)", "logs_flow"),
         ]
     if args.only in (None, "start"):
         rows.append((f"stop time after SIGTERM, {n} services (s, for information)", "stop"))
@@ -729,6 +773,11 @@ def table(results: Results, args: argparse.Namespace) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, metric in rows:
         cells = [label] + [spread(results, metric, m) for m in present]
+        if metric == "stop":
+            for i, m in enumerate(present):
+                if results.stop_killed.get(m):
+                    cells[i + 1] += f", SIGKILLed after {STOP_TIMEOUT:g} s in "
+                    cells[i + 1] += f"{results.stop_killed[m]} of {len(results.values('stop', m))}"
         if "devmesh" in present:
             cells += [ratio(results, metric, p) for p in peers]
         out.append("| " + " | ".join(cells) + " |")
@@ -745,6 +794,23 @@ def table(results: Results, args: argparse.Namespace) -> list[str]:
         if "devmesh" in present:
             cells += [""] * len(peers)
         out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def breakdown(results: Results, services: int) -> list[str]:
+    """Median PSS of each kind of own process, per manager, as text lines."""
+    out: list[str] = []
+    for manager in MANAGERS:
+        parts = [
+            (metric.split(":", 1)[1], statistics.median(vals))
+            for metric, by in results.samples.items()
+            if metric.startswith("pss_part:")
+            for m, vals in by.items()
+            if m == manager and vals
+        ]
+        if parts:
+            text = ", ".join(f"{role} {size / MIB:.1f} MiB" for role, size in parts)
+            out.append(f"{manager} at {services} services: {text}")
     return out
 
 
@@ -797,6 +863,13 @@ def markdown(
         "",
         *table(results, args),
         "",
+        *(
+            ["Own memory by process (median PSS):", ""]
+            + [f"- {line}" for line in breakdown(results, args.services)]
+            + [""]
+            if breakdown(results, args.services)
+            else []
+        ),
         "Goals (from the issue, judged on the medians):",
         "",
     ]
@@ -818,8 +891,9 @@ def markdown(
         f"{POLL * 1000:.0f} ms (a spawned `sleep` counts; supervisord's `startsecs` and "
         "devmesh's `start_secs` promotion to RUNNING are not waited for). *Memory*: PSS "
         f"summed over the manager's own processes {SETTLE:.0f} s after all services run: the "
-        "manager and its descendants that are not `sleep`/`sh` (devmesh: supervisor, watchdog "
-        "and control worker; honcho: honcho and its multiprocessing child per process; "
+        "manager and its descendants that are not `sleep`/`sh` (devmesh: supervisor, its forked "
+        "watchdog, the spawned control worker and multiprocessing's resource tracker; "
+        "honcho: honcho and its multiprocessing child per process; "
         "supervisord: itself); the per-service cost is the difference to a run with "
         f"{SMALL_SERVICES} services. *Log fan-in*: {LOG_SERVICES} services each write "
         f"{per:,} lines of {LINE_BYTES} bytes ({LINES_PER_WRITE} lines per `write(2)`, then "
@@ -920,6 +994,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ndone in {time.monotonic() - t_begin:.0f}s, load {load_after}\n")
     print("\n".join(table(results, args)))
     print()
+    for line in breakdown(results, args.services):
+        print(line)
     judged = goals(results, args.services)
     for goal in judged:
         print(f"{verdict(goal):<12} {goal.text}: {goal.detail}")
