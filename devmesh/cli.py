@@ -50,9 +50,18 @@ def up(
     namespace: Annotated[
         str | None, typer.Option("--namespace", help="mesh namespace (default: [mesh] namespace)")
     ] = None,
+    detached_child: Annotated[bool, typer.Option("--detached-child", hidden=True)] = False,
 ) -> None:
     """Start the project's services (or just SERVICES and what they depend on)."""
-    raise typer.Exit(commands.up(file, services or [], detach=detach, namespace=namespace))
+    raise typer.Exit(
+        commands.up(
+            file,
+            services or [],
+            detach=detach,
+            namespace=namespace,
+            detached_child=detached_child,
+        )
+    )
 
 
 @app.command()
@@ -82,7 +91,7 @@ def logs(
     file: FileOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
     lines: Annotated[
-        int | None, typer.Option("--lines", "-n", help="only the last N lines")
+        int | None, typer.Option("--lines", "-n", min=0, help="only the last N lines")
     ] = None,
 ) -> None:
     """Show service logs (all services interleaved in time order when none is named)."""

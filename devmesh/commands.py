@@ -8,18 +8,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from devmesh.config import Config, find_project, load
+from devmesh.config import Config, ConfigError, find_project, load
 from devmesh.config import describe as describe_config
-from devmesh.control.client import ControlClient, ControlError
+from devmesh.control.client import ControlClient, ControlError, NoMesh
 from devmesh.logs import reader
 from devmesh.logs.writer import want_color
 from devmesh.paths import ProjectPaths
 from devmesh.supervisor import policy
 from devmesh.supervisor.lock import AlreadyRunning, holder
+from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.preflight import preflight
 
 DETACH_TIMEOUT = 60.0
@@ -45,28 +46,41 @@ def project(file: Path | None) -> tuple[Config, ProjectPaths]:
     return config, ProjectPaths.for_root(config.root)
 
 
-def client(file: Path | None) -> tuple[Config, ControlClient]:
-    """The project and a client for its running mesh."""
-    config, paths = project(file)
-    return config, ControlClient(paths, config.root)
+def locate(file: Path | None) -> tuple[Path, ProjectPaths]:
+    """The project directory and its paths, without reading the config: a running mesh must
+    stay controllable while its devmesh.toml is being edited (or is broken)."""
+    root = find_project(Path.cwd(), file).parent
+    return root, ProjectPaths.for_root(root)
 
 
-def check_names(config: Config, names: Sequence[str]) -> None:
+def client(file: Path | None) -> ControlClient:
+    """A client for the project's running mesh."""
+    root, paths = locate(file)
+    return ControlClient(paths, root)
+
+
+def check_names(known: Iterable[str], names: Sequence[str]) -> None:
     """UserError for a service name the project does not have."""
-    from devmesh.supervisor.core import unknown_service
-
+    known = list(known)
     for name in names:
-        if name not in config.services:
-            raise UserError(unknown_service(name, dict(config.services)))
+        if name not in known:
+            raise UserError(unknown_service(name, known))
 
 
 # ---------------------------------------------------------------------- up / down
 
 
-def up(file: Path | None, names: Sequence[str], *, detach: bool, namespace: str | None) -> int:
+def up(
+    file: Path | None,
+    names: Sequence[str],
+    *,
+    detach: bool,
+    namespace: str | None,
+    detached_child: bool = False,
+) -> int:
     """`devmesh up`: run the supervisor in the foreground, or in the background with --detach."""
     config, paths = project(file)
-    check_names(config, names)
+    check_names(config.services, names)
     pid = holder(paths.lock)
     if pid is not None:
         raise UserError(str(AlreadyRunning(pid)))
@@ -82,7 +96,15 @@ def up(file: Path | None, names: Sequence[str], *, detach: bool, namespace: str 
     from devmesh.supervisor.core import Supervisor
 
     supervisor = Supervisor(
-        config, paths, only=names, terminal_fd=1, color=want_color(1), namespace=namespace
+        config,
+        paths,
+        only=names,
+        terminal_fd=1,
+        color=want_color(1),
+        # A detached supervisor's stdout is devmesh.log: its own lines only, the service
+        # output is in the (rotated) service logs already.
+        echo_services=not detached_child,
+        namespace=namespace,
     )
     try:
         return supervisor.run()
@@ -94,10 +116,10 @@ def _up_detached(
     config: Config, paths: ProjectPaths, names: Sequence[str], namespace: str | None
 ) -> int:
     paths.ensure()
-    argv = [sys.executable, "-m", "devmesh", "up", "-f", str(config.path), *names]
-    if namespace:
-        argv += ["--namespace", namespace]
+    argv = [sys.executable, "-m", "devmesh", "up", "-f", str(config.path), "--detached-child"]
+    argv += [*names, *(["--namespace", namespace] if namespace else [])]
     with open(paths.daemon_log, "ab") as log:
+        log_start = log.tell()
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -110,36 +132,48 @@ def _up_detached(
     ctl = ControlClient(paths, config.root, timeout=5.0)
     deadline = time.monotonic() + DETACH_TIMEOUT
     status: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
+    settled = False
+    while not settled and time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            tail = paths.daemon_log.read_text(errors="replace").splitlines()[-5:]
+            with open(paths.daemon_log, "rb") as f:
+                f.seek(log_start)
+                tail = f.read().decode(errors="replace").splitlines()[-5:]
             raise UserError("devmesh exited at start:\n" + "\n".join(tail), code or 1)
         try:
             status = ctl.status()
-        except Exception:  # not listening yet
+        except (NoMesh, ControlError):  # not listening yet
             time.sleep(0.05)
             continue
-        wanted = [s for s in status["services"] if not names or s["name"] in names]
-        if all(s["state"] not in ("starting", "stopped") for s in wanted if s["command"]):
-            break
-        time.sleep(0.05)
+        wanted = [
+            s for s in status["services"] if s["command"] and (not names or s["name"] in names)
+        ]
+        settled = all(s["state"] not in ("starting", "stopped") for s in wanted)
+        if not settled:
+            time.sleep(0.05)
     if status is None:
         raise UserError(f"devmesh (pid {proc.pid}) did not answer; see {paths.daemon_log}")
     out(f"devmesh running in the background (pid {proc.pid}); logs: devmesh logs -f")
     out(render_status(status))
+    if not settled:
+        raise UserError(f"not every service started within {DETACH_TIMEOUT:g}s")
+    bad = [s["name"] for s in status["services"] if s["state"] in ("failed", "backoff")]
+    if bad:
+        raise UserError(f"started, but not healthy: {', '.join(bad)} (see devmesh logs)")
     return 0
 
 
 def down(file: Path | None) -> int:
     """`devmesh down`: stop the project's mesh and wait until it is gone."""
-    config, ctl = client(file)
+    ctl = client(file)
+    status = ctl.status()
+    # Stops run along dependency chains, so the worst case is every timeout in a row.
+    budget = sum(s["stop_timeout"] for s in status["services"] if s["pid"]) + 10
     pid = ctl.shutdown()
-    longest = max((s.stop_timeout for s in config.services.values()), default=10.0)
-    deadline = time.monotonic() + longest * 2 + 10
+    deadline = time.monotonic() + budget
     while _alive(pid):
         if time.monotonic() > deadline:
-            raise UserError(f"devmesh (pid {pid}) is still stopping; try `devmesh down` again")
+            raise UserError(f"devmesh (pid {pid}) is still stopping; see devmesh status")
         time.sleep(0.05)
     out(f"devmesh stopped (pid {pid})")
     return 0
@@ -172,8 +206,7 @@ def check(file: Path | None) -> int:
 
 def status(file: Path | None, *, as_json: bool) -> int:
     """`devmesh status`: a table, or the JSON document."""
-    _, ctl = client(file)
-    data = ctl.status()
+    data = client(file).status()
     out(json.dumps(data, indent=2) if as_json else render_status(data))
     return 0
 
@@ -230,28 +263,31 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 def service_action(file: Path | None, name: str, action: str) -> int:
     """`devmesh start|stop|restart SERVICE`: ask, then wait until it is done."""
-    config, ctl = client(file)
-    check_names(config, [name])
-    svc_config = config.services[name]
-    before = next(s for s in ctl.status()["services"] if s["name"] == name)
+    ctl = client(file)
+    services = {s["name"]: s for s in ctl.status()["services"]}
+    check_names(services, [name])
+    before = services[name]
     try:
         ctl.action(name, action)
     except ControlError as exc:
         raise UserError(str(exc)) from None
     if action == "stop":
-        svc = ctl.wait_service(name, until={"stopped"}, timeout=svc_config.stop_timeout + 5)
+        svc = ctl.wait_service(name, until={"stopped"}, timeout=before["stop_timeout"] + 5)
+        ok = svc["state"] == "stopped"
     else:
-        timeout = svc_config.stop_timeout + svc_config.start_secs + 10
+        timeout = before["stop_timeout"] + before["start_secs"] + 10
         svc = ctl.wait_service(
             name,
             until={"running", "failed", "exited", "backoff"},
             changed_from=before["pid"] if action == "restart" else None,
             timeout=timeout,
         )
+        # A one-shot that ran and exited 0 did what it was started for.
+        ok = svc["state"] == "running" or (svc["state"] == "exited" and svc["exit_code"] == 0)
     detail = f" (pid {svc['pid']})" if svc["pid"] else ""
     reason = f": {svc['reason']}" if svc["reason"] else ""
     out(f"{name} {svc['state']}{detail}{reason}")
-    return 0 if svc["state"] in ("running", "stopped") else 1
+    return 0 if ok else 1
 
 
 # ---------------------------------------------------------------------- logs
@@ -259,12 +295,18 @@ def service_action(file: Path | None, name: str, action: str) -> int:
 
 def logs(file: Path | None, names: Sequence[str], *, follow: bool, lines: int | None) -> int:
     """`devmesh logs [SERVICE...] [-f] [-n N]`, read from the log files."""
-    config, paths = project(file)
-    check_names(config, names)
-    services = list(names) or [n for n in config.services if n in reader.services_in(paths.logs)]
+    _, paths = locate(file)
+    on_disk = reader.services_in(paths.logs)
+    try:  # the config's order, when it can be read; the files are what counts
+        order = [n for n in load(find_project(Path.cwd(), file)).services if n in on_disk]
+    except ConfigError:
+        order = []
+    order += [n for n in on_disk if n not in order]
+    check_names(order, names)
+    services = list(names) or order
     color = want_color(1)
     width = max([len(n) for n in services] + [7])
-    index = {n: i for i, n in enumerate(config.services)}
+    index = {n: i for i, n in enumerate(order)}
     write = sys.stdout.write
 
     def history() -> None:

@@ -12,11 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# A unix socket path must fit in sun_path (108 bytes on Linux, 104 on macOS).
+MAX_SOCKET_PATH = 100
+
 
 def runtime_dir() -> Path:
-    """`$XDG_RUNTIME_DIR/devmesh`, else `/tmp/devmesh-$UID`."""
+    """`$XDG_RUNTIME_DIR/devmesh` if it is short enough for sockets, else `/tmp/devmesh-$UID`."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and Path(base).is_dir():
+    if base and Path(base).is_dir() and len(base) < MAX_SOCKET_PATH - 50:
         return Path(base) / "devmesh"
     return Path(f"/tmp/devmesh-{os.getuid()}")
 

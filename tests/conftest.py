@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 PY = sys.executable
+REPO = Path(__file__).resolve().parent.parent
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
@@ -79,6 +80,10 @@ class Project:
             PYTHONUNBUFFERED="1",
         )
         self.env.pop("DEVMESH_LOG", None)
+        # The devmesh of this checkout, whatever else is installed.
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
         (home / "run").mkdir(mode=0o700)
         self.running: list[Running] = []
 

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import time
+from pathlib import Path
 
 import psutil
 
@@ -541,3 +542,171 @@ def test_logs_follow_prints_history_then_new_lines(project: Project) -> None:
         follower.wait(5)
         assert follower.stdout is not None
         follower.stdout.close()
+
+
+CHILD_TRAPS_TERM = """
+import signal, sys, time
+def done(*_):
+    time.sleep(0.5)
+    open("child-done", "w").write("done")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+open("child-ready", "w").write("ready")
+time.sleep(1000)
+"""
+
+
+def test_stop_waits_for_the_rest_of_the_group(project: Project) -> None:
+    # The shell exits at once on TERM; its child needs 0.5 s to finish cleanly.
+    project.write("child.py", CHILD_TRAPS_TERM)
+    project.toml(
+        """
+        [services.app]
+        command = "python3 child.py & sleep 1000"
+        stop_timeout = "5s"
+        """
+    )
+    project.up()
+    project.wait_state("app", "running")
+    wait_until(lambda: (project.root / "child-ready").exists(), 10, "the child to start")
+    result = project.cli("stop", "app")
+    assert result.returncode == 0, result.stderr
+    assert (project.root / "child-done").read_text() == "done"
+
+
+SETSID = "python3 -c 'import os, time; os.setsid(); time.sleep(1000)'"
+
+
+def _marked(instance_prefix: str) -> list[int]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("DEVMESH_INSTANCE", "").startswith(instance_prefix):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_processes_that_leave_the_group_are_stopped_too(project: Project) -> None:
+    project.toml(
+        f"""
+        [services.escaper]
+        command = "{SETSID} & exec sleep 1000"
+        backoff = "50ms"
+        """
+    )
+    run = project.up()
+    project.wait_state("escaper", "running")
+    # The escapee runs in a session of its own.
+    escapee = wait_until(
+        lambda: [
+            p
+            for p in psutil.Process(run.pid).children(recursive=True)
+            if p.name() != "sleep" and os.getsid(p.pid) == p.pid
+        ],
+        10,
+        "the escapee",
+    )[0].pid
+    # The service's main process dies: its escapee goes with it before the restart.
+    os.kill(project.service("escaper")["pid"], signal.SIGKILL)
+    wait_until(lambda: not pid_alive(escapee), 3, "the first escapee to be killed")
+    project.wait_state("escaper", "running")
+    second = wait_until(
+        lambda: [
+            p
+            for p in psutil.Process(run.pid).children(recursive=True)
+            if p.name() != "sleep" and os.getsid(p.pid) == p.pid
+        ],
+        10,
+        "the second escapee",
+    )[0].pid
+    # Killing the supervisor outright: the watchdog finds it by its DEVMESH_INSTANCE mark.
+    os.kill(run.pid, signal.SIGKILL)
+    run.proc.wait(5)
+    wait_until(lambda: not pid_alive(second), 2.0, "the second escapee to be killed")
+
+
+def test_dependency_killed_by_a_signal_fails_its_dependents(project: Project) -> None:
+    project.toml(
+        """
+        [services.migrate]
+        command = "kill -9 $$"
+        restart = "no"
+
+        [services.api]
+        command = "sleep 1000"
+        depends_on = { migrate = "completed" }
+        """
+    )
+    project.up()
+    api = project.wait_state("api", "failed")
+    assert api["reason"] == "dependency migrate killed by signal 9"
+
+
+def test_command_not_found_fails_at_once(project: Project) -> None:
+    project.toml(
+        """
+        [services.ghost]
+        command = "exec no-such-program-xyz"
+        restart = "always"
+        """
+    )
+    project.up()
+    ghost = project.wait_state("ghost", "failed", timeout=5)
+    assert ghost["restarts"] == 0 and ghost["reason"] == "command not found (exit 127)"
+
+
+def test_start_brings_up_stopped_dependencies(project: Project) -> None:
+    project.toml(
+        """
+        [services.db]
+        command = "sleep 1000"
+
+        [services.api]
+        command = "sleep 1000"
+        depends_on = ["db"]
+        """
+    )
+    project.up()
+    project.wait_state("api", "running")
+    assert project.cli("stop", "api").returncode == 0
+    assert project.cli("stop", "db").returncode == 0
+    result = project.cli("start", "api")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert project.service("db")["state"] in ("starting", "running")
+
+
+def test_a_broken_config_does_not_lock_the_user_out(project: Project) -> None:
+    project.toml(
+        """
+        [services.api]
+        command = "sleep 1000"
+        """
+    )
+    run = project.up()
+    project.wait_state("api", "running")
+    project.toml("[services.api\ncommand = ")  # being edited
+    assert project.cli("status").returncode == 0
+    assert project.cli("restart", "api").returncode == 0
+    assert project.cli("logs", "api").returncode == 0
+    assert project.cli("start", "nope").stderr.strip().endswith("known: api")
+    result = project.cli("down")
+    assert result.returncode == 0, result.stderr
+    assert run.proc.wait(5) == 0
+
+
+def test_detached_log_has_devmesh_lines_only(project: Project) -> None:
+    project.toml(
+        """
+        [services.talker]
+        command = "echo hello-from-talker; exec sleep 1000"
+        """
+    )
+    assert project.cli("up", "--detach").returncode == 0
+    wait_until(lambda: "hello-from-talker" in project.cli("logs").stdout, 10, "the line")
+    status = project.status()
+    log = Path(status["node"]["logs"]).parent / "devmesh.log"
+    assert "talker started" in log.read_text()
+    assert "hello-from-talker" not in log.read_text()
+    assert project.cli("down").returncode == 0

@@ -51,16 +51,27 @@ class ControlClient:
 
     def request(self, method: str, path: str) -> Any:
         """One request; the decoded JSON body, or `ControlError` / `NoMesh`."""
-        conn = _UnixConnection(self.paths.socket, self.timeout)
-        try:
+        # A GET is safe to repeat: once, if the control worker was replaced mid-request.
+        for attempt in range(2 if method == "GET" else 1):
+            conn = _UnixConnection(self.paths.socket, self.timeout)
             try:
                 conn.request(method, path)
                 response = conn.getresponse()
                 body = response.read()
+                break
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise NoMesh(self._why_not(exc)) from None
-        finally:
-            conn.close()
+            except TimeoutError:
+                raise NoMesh(
+                    f"devmesh did not answer on {self.paths.socket} within {self.timeout:g}s "
+                    "(is it stopped, e.g. with Ctrl+Z?)"
+                ) from None
+            except (http.client.HTTPException, OSError) as exc:
+                if attempt == 0 and method == "GET":
+                    continue
+                raise NoMesh(f"lost the connection to devmesh ({exc}); try again") from None
+            finally:
+                conn.close()
         data = json.loads(body) if body else None
         if response.status >= 400:
             message = data.get("error") if isinstance(data, dict) else None

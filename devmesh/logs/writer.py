@@ -143,6 +143,7 @@ class LogSink:
         backups: int = 3,
         tail_lines: int = 200,
         clock: Callable[[], int] = time.time_ns,
+        echo_services: bool = True,
     ) -> None:
         if max_bytes < 1 or backups < 0 or tail_lines < 1:
             raise ValueError(
@@ -150,6 +151,9 @@ class LogSink:
                 f"positive and backups ({backups}) not negative"
             )
         self._terminal_fd = terminal_fd
+        # False: only devmesh's own lines reach terminal_fd (a detached supervisor's log file;
+        # service output is in the service files already).
+        self._echo_services = echo_services
         self._color = color
         self._log_dir = log_dir
         self._max_bytes = max_bytes
@@ -237,7 +241,7 @@ class LogSink:
         lines = (len(file_body) - len(block)) // len(file_prefix) + 1
         svc.file_queue += (file_prefix, file_body, b"\n")
         self._dirty[svc.name] = svc
-        if self._terminal_fd is not None:
+        if self._terminal_fd is not None and self._echo_services:
             if svc.prefix_second != second:
                 svc.prefix = line_prefix(self._hms, svc.name, self._width, svc.color).encode()
                 svc.prefix_nl = b"\n" + svc.prefix

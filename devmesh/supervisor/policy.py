@@ -5,6 +5,7 @@ Functions of history and a monotonic time only, so they are tested with a fake c
 
 from __future__ import annotations
 
+import difflib
 import graphlib
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from devmesh.config.model import DependCondition, RestartPolicy
 
 MAX_BACKOFF = 30.0
+STABLE_SECS = 10.0  # a service that lived this long restarts after the base backoff again
+NOT_FOUND = {126: "command not executable", 127: "command not found"}  # from /bin/sh
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,12 @@ def after_exit(
     """What to do after the last exit in `history` (not a user stop: those never restart)."""
     exits = list(history)
     last = exits[-1]
+    quick = quick_exits(exits, start_secs)
+    if quick and last.code in NOT_FOUND:
+        # The shell could not run the program: trying again cannot help.
+        return StayDown(failed=True, reason=f"{NOT_FOUND[last.code]} (exit {last.code})")
     if policy is RestartPolicy.NO or (policy is RestartPolicy.ON_FAILURE and not last.failed):
         return StayDown(failed=False, reason=describe_exit(last))
-    quick = quick_exits(exits, start_secs)
     if quick > max_restarts:
         return StayDown(
             failed=True,
@@ -92,9 +98,11 @@ def after_exit(
                 f"{start_secs:g}s of starting, not restarting"
             ),
         )
-    # A service that ran long enough is restarted at once (after a short pause); a
-    # crash loop waits longer every time: backoff, 2x, 4x ... capped.
-    delay = backoff if quick == 0 else min(backoff * 2 ** (quick - 1), MAX_BACKOFF)
+    # A service that ran a while is restarted after the base backoff; one that keeps dying
+    # soon waits longer every time (backoff, 2x, 4x ... capped), and one that dies before
+    # start_secs max_restarts times in a row is a crash loop (above).
+    recent = quick_exits(exits, max(start_secs, STABLE_SECS))
+    delay = min(backoff * 2 ** max(recent - 1, 0), MAX_BACKOFF)
     return Restart(at=last.ended_at + delay, attempt=quick)
 
 
@@ -149,3 +157,11 @@ def dependency_met(
     if condition is DependCondition.COMPLETED:
         return completed
     return healthy and running
+
+
+def unknown_service(name: str, services: Iterable[str]) -> str:
+    """`unknown service 'apu' (did you mean 'api'?); known: api, web`."""
+    known = list(services)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown service {name!r}{hint}; known: {', '.join(known) or 'none'}"

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 _PR_SET_PDEATHSIG = 1
+READ_CHUNK = 256 * 1024  # bytes per read of a service's output pipe
 _libc: ctypes.CDLL | None = None
 if sys.platform.startswith("linux"):
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -94,6 +95,14 @@ def signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
+def pgid_of(pid: int) -> int | None:
+    """The process group of `pid`, None if it is gone."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group still exists."""
     try:
@@ -103,20 +112,60 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def sweep_tree(pid: int) -> list[int]:
-    """SIGKILL what a service left outside its group (it called setsid): its descendants."""
-    killed: list[int] = []
+def signal_pid(pid: int, sig: int) -> bool:
+    """Send `sig` to one process; False if it is gone."""
     try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return killed
-    for child in children:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+MARK = b"DEVMESH_INSTANCE="
+
+
+def scan_marked(node_id: str) -> dict[str, list[int]]:
+    """Every process whose environment has `DEVMESH_INSTANCE=<node_id>.N`, by that value.
+
+    Services and everything they start inherit the variable, so this finds the processes that
+    left their service's process group (setsid, daemonising helpers) after their parent died.
+    """
+    needle = MARK + node_id.encode() + b"."
+    found: dict[str, list[int]] = {}
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except FileNotFoundError:
+        return _scan_marked_psutil(node_id)
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
         try:
-            child.kill()
-            killed.append(child.pid)
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        start = data.find(needle)
+        if start < 0 or (start > 0 and data[start - 1] != 0):
+            continue
+        end = data.find(b"\0", start)
+        value = data[start + len(MARK) : end if end >= 0 else len(data)]
+        found.setdefault(value.decode(errors="replace"), []).append(int(entry))
+    return found
+
+
+def _scan_marked_psutil(node_id: str) -> dict[str, list[int]]:
+    # Without /proc (macOS): slower, but the same answer.
+    found: dict[str, list[int]] = {}
+    prefix = node_id + "."
+    for proc in psutil.process_iter():
+        try:
+            value = proc.environ().get(MARK[:-1].decode(), "")
         except psutil.Error:
-            pass
-    return killed
+            continue
+        if value.startswith(prefix):
+            found.setdefault(value, []).append(proc.pid)
+    return found
 
 
 # ---- checks before anything starts ----
@@ -183,8 +232,13 @@ def _who_listens(port: int) -> str | None:
     return None
 
 
-def free_port() -> int:
-    """A TCP port that is free right now on loopback and the wildcard address."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free right now (all held open together, so no repeats)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("0.0.0.0", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()

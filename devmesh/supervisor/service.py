@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
-
-import psutil
 
 from devmesh.config.model import ServiceConfig
 from devmesh.supervisor.policy import Exit
 from devmesh.supervisor.procs import Spawned
 from devmesh.supervisor.states import ServiceState, check_transition
+
+
+@dataclass
+class OutputPipe:
+    """The read end of one process's stdout+stderr; `open` until EOF."""
+
+    name: str
+    fd: int
+    open: bool = True
 
 
 @dataclass
@@ -22,7 +28,10 @@ class Service:
     config: ServiceConfig
     port: int
     state: ServiceState = ServiceState.STOPPED
-    proc: Spawned | None = None
+    proc: Spawned | None = None  # while the main process has not been reaped
+    pgid: int | None = None  # its process group, until nothing of it is left
+    output: OutputPipe | None = None
+    instance: str = ""  # DEVMESH_INSTANCE of the current (or last) process
     wanted: bool = False  # should run: part of `up`, or started by the user
     user_stopped: bool = False  # stopped by the user: never restarted on its own
     restart_after_stop: bool = False  # `devmesh restart`: start again once stopped
@@ -33,7 +42,6 @@ class Service:
     history: list[Exit] = field(default_factory=list)
     restarts: int = 0
     reason: str = ""  # why it is EXITED / FAILED / BACKOFF
-    escaped: list[psutil.Process] = field(default_factory=list)  # left its group; killed at stop
     timer_token: int = 0  # bumps on every transition: stale timers see a different token
 
     @property
@@ -58,14 +66,6 @@ class Service:
         """Exit code of the last exit (None if it never exited or a signal killed it)."""
         return self.history[-1].code if self.history else None
 
-    def kill_escaped(self) -> None:
-        """SIGKILL the processes that left the service's group, if still the same processes."""
-        for proc in self.escaped:
-            with contextlib.suppress(psutil.Error):
-                if proc.is_running():
-                    proc.kill()
-        self.escaped.clear()
-
     def snapshot(self, now: float) -> dict[str, Any]:
         """The service as `devmesh status --json` shows it."""
         last = self.history[-1] if self.history else None
@@ -84,4 +84,6 @@ class Service:
             "changed_at": self.changed_wall,
             "command": self.config.command,
             "user_stopped": self.user_stopped,
+            "stop_timeout": self.config.stop_timeout,
+            "start_secs": self.config.start_secs,
         }

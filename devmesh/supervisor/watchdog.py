@@ -3,7 +3,8 @@
 A parent killed with SIGKILL runs no cleanup, and `PR_SET_PDEATHSIG` reaches only its direct
 children. So the parent tells this process every process group and worker pid it starts, over a
 pipe; when the pipe reaches EOF (the parent is gone, however it died) the watchdog SIGKILLs them
-all. It is forked before it could inherit anything that matters and closes every other fd, so
+all, and every process that carries this node's DEVMESH_INSTANCE mark (those that left their
+group). It is forked before it could inherit anything that matters and closes every other fd, so
 that it never keeps a worker's pipe open.
 """
 
@@ -14,8 +15,10 @@ import os
 import signal
 from typing import NoReturn
 
+from devmesh.supervisor.procs import scan_marked
 
-def _watch(read_fd: int) -> NoReturn:
+
+def _watch(read_fd: int, node_id: str) -> NoReturn:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     groups: set[int] = set()
@@ -45,13 +48,19 @@ def _watch(read_fd: int) -> NoReturn:
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    # Processes that left their service's group (setsid) carry the node's DEVMESH_INSTANCE.
+    for found in scan_marked(node_id).values():
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     os._exit(0)
 
 
 class Watchdog:
     """The parent's handle on the watchdog process; re-forked if it dies."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
         self.pid = 0
         self._fd = -1
         self.groups: set[int] = set()
@@ -69,7 +78,7 @@ class Watchdog:
                     os.dup2(devnull, std)
                 os.closerange(3, read_fd)
                 os.closerange(read_fd + 1, 65536)
-                _watch(read_fd)
+                _watch(read_fd, self.node_id)
             finally:
                 os._exit(1)
         os.close(read_fd)

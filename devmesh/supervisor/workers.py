@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,7 +71,13 @@ class WorkerHandle:
             name=f"devmesh-{self.spec.name}",
             daemon=True,
         )
-        process.start()
+        # SIGINT (Ctrl+C reaches the whole foreground group) stays blocked in the new process
+        # until it has set SIG_IGN: no KeyboardInterrupt traceback from a half-started worker.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         child_conn.close()
         self.process, self.conn = process, parent_conn
         self.state = WorkerState.STARTING

@@ -95,6 +95,7 @@ def worker_main(
     # Ctrl+C reaches the whole foreground group; only the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
     configure = conn.recv()
     if not isinstance(configure, m.Configure) or configure.protocol != m.PROTOCOL:
         sys.exit(3)

@@ -1,0 +1,400 @@
+"""The life of every service: start in dependency order, read output, reap, restart, stop.
+
+`ServiceSet` owns the `Service` records and is driven by the supervisor's loop (`core.py`),
+which gives it a selector for output pipes, a timer heap, the log sink and the watchdog.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from devmesh.config.model import Config, DependCondition
+from devmesh.logs.writer import LogSink
+from devmesh.supervisor import policy, procs
+from devmesh.supervisor.service import OutputPipe, Service
+from devmesh.supervisor.states import ALIVE_STATES, DOWN_STATES, ServiceState
+from devmesh.supervisor.watchdog import Watchdog
+
+S = ServiceState
+LINGER_POLL = 0.05  # while a stopped service's group still has members
+HISTORY = 20  # exits kept per service (more if max_restarts needs them)
+
+
+class Host(Protocol):
+    """What the supervisor's loop lends to the services."""
+
+    logs: LogSink
+    selector: selectors.BaseSelector
+    watchdog: Watchdog
+    shutting_down: bool
+
+    def at(self, when: float, callback: Callable[[], None]) -> None:
+        """Run `callback` at monotonic time `when`."""
+
+
+class ServiceSet:
+    """Every service of the project and the rules that move them between states."""
+
+    def __init__(
+        self, host: Host, config: Config, *, namespace: str, node_id: str, only: Sequence[str]
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.namespace = namespace
+        # Marks every process of this run (DEVMESH_INSTANCE=<node_id>.<n>), so that a process
+        # that left its service's group can still be found and stopped.
+        self.node_id = node_id
+        self._marked_cache: dict[str, list[int]] | None = None
+        self.dirty = True  # something changed: re-check which services may start
+        self._spawns = 0
+        ports = procs.free_ports(sum(1 for c in config.services.values() if c.port is None))
+        self.services: dict[str, Service] = {}
+        wanted = policy.closure(only or list(config.services), self.depends())
+        for name, cfg in config.services.items():
+            port = cfg.port if cfg.port is not None else ports.pop()
+            self.services[name] = Service(config=cfg, port=port, wanted=name in wanted)
+            if cfg.command is not None:
+                host.logs.open(name)
+        self._urls = {
+            f"DEVMESH_{env_name(s.name)}_URL": f"http://localhost:{s.port}"
+            for s in self.services.values()
+        }
+
+    def __getitem__(self, name: str) -> Service:
+        return self.services[name]
+
+    def depends(self) -> dict[str, dict[str, DependCondition]]:
+        """Each service's dependencies, in file order."""
+        return {n: dict(c.depends_on) for n, c in self.config.services.items()}
+
+    def alive(self) -> bool:
+        """Whether any service still has a process."""
+        return any(s.state in ALIVE_STATES for s in self.services.values())
+
+    # ------------------------------------------------------------------ starting
+
+    def env(self, svc: Service) -> dict[str, str]:
+        """The environment of a service: ours, .env, its own env, then what devmesh defines."""
+        env = dict(os.environ)
+        env.update(self.config.dotenv)
+        env.update(svc.config.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")  # output line by line without the user asking
+        own = f"DEVMESH_{env_name(svc.name)}_URL"
+        env.update({k: v for k, v in self._urls.items() if k != own})
+        env["PORT"] = str(svc.port)
+        env["DEVMESH_SERVICE"] = svc.name
+        env["DEVMESH_NAMESPACE"] = self.namespace
+        env["DEVMESH_INSTANCE"] = svc.instance
+        return env
+
+    def advance(self) -> None:
+        """Start every wanted service whose dependencies allow it, in dependency order."""
+        if self.host.shutting_down:
+            alive = {n for n, s in self.services.items() if s.state in ALIVE_STATES}
+            for name in policy.ready_to_stop(alive, self.depends()):
+                self.stop(self.services[name])
+            return
+        for name in policy.start_order(self.depends()):
+            svc = self.services[name]
+            if not svc.wanted or svc.user_stopped or svc.state is not S.STOPPED:
+                continue
+            if svc.config.command is None:
+                continue  # external: announced by `devmesh run`
+            blocked = self._blocked_by(svc)
+            if blocked is None:
+                self.start(svc)
+            elif blocked:
+                svc.to(S.FAILED, blocked)
+                self.host.logs.system(f"{name} not started: {blocked}", name)
+
+    def _blocked_by(self, svc: Service) -> str | None:
+        """None: may start now; "": wait (the reason says for what); else why it never can."""
+        waiting: list[str] = []
+        for dep_name, cond in svc.config.depends_on.items():
+            dep = self.services[dep_name]
+            last = dep.history[-1] if dep.history else None
+            if dep.state is S.FAILED:
+                return f"dependency {dep_name} failed"
+            if dep.state is S.EXITED and last is not None:
+                if cond is DependCondition.COMPLETED and last.failed:
+                    return f"dependency {dep_name} {policy.describe_exit(last)}"
+                if cond is DependCondition.HEALTHY:
+                    return f"dependency {dep_name} {policy.describe_exit(last)}"
+            met = policy.dependency_met(
+                cond,
+                started=dep.ever_started and dep.state is not S.STOPPED,
+                running=dep.state is S.RUNNING,
+                completed=dep.state is S.EXITED and last is not None and not last.failed,
+                healthy=dep.state is S.RUNNING,  # until health checks exist: alive start_secs
+            )
+            if not met:
+                waiting.append(f"{dep_name} ({cond.value})")
+        if waiting:
+            svc.reason = "waiting for " + ", ".join(waiting)
+            return ""
+        return None
+
+    def start(self, svc: Service) -> None:
+        """Spawn the service's process (its dependencies were checked by the caller)."""
+        assert svc.config.command is not None
+        self._spawns += 1
+        svc.instance = f"{self.node_id}.{self._spawns}"
+        try:
+            spawned = procs.spawn(svc.config.command, cwd=svc.config.cwd, env=self.env(svc))
+        except OSError as exc:
+            svc.to(S.FAILED, f"cannot start: {exc.strerror or exc}")
+            self.host.logs.system(f"{svc.name} cannot start: {exc}", svc.name)
+            self.dirty = True
+            return
+        svc.proc = spawned
+        svc.pgid = spawned.pid
+        svc.to(S.STARTING)  # STOPPED/BACKOFF/EXITED/FAILED -> STARTING
+        svc.ever_started = True
+        svc.started_at = time.monotonic()
+        svc.started_wall = time.time()
+        self.host.watchdog.add_group(spawned.pid)
+        svc.output = OutputPipe(svc.name, spawned.output_fd)
+        self.host.selector.register(
+            spawned.output_fd, selectors.EVENT_READ, self._reader(svc.output)
+        )
+        self.host.logs.system(f"{svc.name} started (pid {spawned.pid}, port {svc.port})", svc.name)
+        self._timer(svc, svc.config.start_secs, self._promote)
+        self.dirty = True  # dependents waiting for "started"
+
+    def _promote(self, svc: Service) -> None:
+        if svc.state is S.STARTING:
+            svc.to(S.RUNNING)  # STARTING -> RUNNING: alive for start_secs
+            self.dirty = True
+
+    def _reader(self, pipe: OutputPipe) -> Callable[[Any], None]:
+        def on_readable(_: Any) -> None:
+            self.read(pipe, chunks=4)  # bounded: one chatty service cannot starve the loop
+
+        return on_readable
+
+    def read(self, pipe: OutputPipe, chunks: int) -> None:
+        """Hand up to `chunks` reads of a service's output to the log sink; close on EOF."""
+        for _ in range(chunks):
+            if not pipe.open:
+                return
+            try:
+                data = os.read(pipe.fd, procs.READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.host.selector.unregister(pipe.fd)
+                os.close(pipe.fd)
+                pipe.open = False
+                self.host.logs.end(pipe.name)
+                return
+            self.host.logs.feed(pipe.name, data)
+
+    # ------------------------------------------------------------------ exits
+
+    def reap(self) -> None:
+        """Collect every service whose main process exited."""
+        for svc in self.services.values():
+            if svc.proc is not None:
+                code = svc.proc.popen.poll()
+                if code is not None:
+                    self._on_exit(svc, code)
+
+    def _on_exit(self, svc: Service, code: int) -> None:
+        assert svc.proc is not None
+        if svc.output is not None:
+            # Everything it wrote before it died comes before the news of its exit.
+            self.read(svc.output, chunks=64)
+        now = time.monotonic()
+        ex = policy.Exit(
+            started_at=svc.started_at,
+            ended_at=now,
+            code=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+        )
+        keep = max(HISTORY, svc.config.max_restarts + 2)
+        svc.history = [*svc.history[-keep + 1 :], ex]
+        svc.proc = None
+        self.dirty = True
+        if svc.state is S.STOPPING:
+            # The group may still be finishing (a shell's children got the signal too); it
+            # gets until stop_timeout like the main process did.
+            self._linger(svc)
+            return
+        # An exit on its own: whatever is left of it goes too, before it is started again.
+        self._kill_remains(svc)
+        what = policy.describe_exit(ex)
+        decision = policy.after_exit(
+            svc.history,
+            policy=svc.config.restart,
+            start_secs=svc.config.start_secs,
+            max_restarts=svc.config.max_restarts,
+            backoff=svc.config.backoff,
+        )
+        if self.host.shutting_down:
+            svc.to(S.EXITED, what)
+        elif isinstance(decision, policy.Restart):
+            delay = max(0.0, decision.at - now)
+            svc.to(S.BACKOFF, f"{what}; restarting in {delay:.2g}s")
+            self.host.logs.system(f"{svc.name} {what}, restarting in {delay:.2g}s", svc.name)
+            self._timer(svc, delay, self._restart_from_backoff)
+        elif decision.failed:
+            svc.to(S.FAILED, decision.reason)
+            self.host.logs.system(f"{svc.name} failed: {decision.reason}", svc.name)
+        else:
+            svc.to(S.EXITED, decision.reason)
+            self.host.logs.system(f"{svc.name} {decision.reason}", svc.name)
+
+    def _restart_from_backoff(self, svc: Service) -> None:
+        if svc.state is S.BACKOFF and not self.host.shutting_down:
+            svc.restarts += 1
+            self.start(svc)  # BACKOFF -> STARTING
+
+    def _kill_remains(self, svc: Service) -> None:
+        """SIGKILL what is left of a service: its group and processes that left the group."""
+        if svc.pgid is not None:
+            procs.signal_group(svc.pgid, signal.SIGKILL)
+            self.host.watchdog.remove_group(svc.pgid)
+            svc.pgid = None
+        for pid in self.marked(svc.instance):
+            procs.signal_pid(pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self, svc: Service) -> None:
+        """Send the stop signal to the service's group; SIGKILL after stop_timeout."""
+        if svc.state is S.BACKOFF:
+            svc.to(S.STOPPED, "stopped by user" if svc.user_stopped else "")
+            return
+        if svc.state not in (S.STARTING, S.RUNNING) or svc.pgid is None:
+            return
+        svc.to(S.STOPPING)  # STARTING/RUNNING -> STOPPING
+        sig = svc.config.stop_signal
+        procs.signal_group(svc.pgid, sig)
+        for pid in self.marked(svc.instance):
+            if procs.pgid_of(pid) != svc.pgid:  # the group got it already
+                procs.signal_pid(pid, sig)
+        self._timer(svc, svc.config.stop_timeout, self._escalate)
+
+    def _escalate(self, svc: Service) -> None:
+        if svc.state is S.STOPPING:
+            self.host.logs.system(
+                f"{svc.name} did not stop within {svc.config.stop_timeout:g}s, killing it",
+                svc.name,
+            )
+            self._kill_remains(svc)
+            if svc.proc is None:
+                self._finish_stop(svc)
+
+    def _linger(self, svc: Service) -> None:
+        if svc.state is not S.STOPPING or svc.proc is not None:
+            return
+        if svc.pgid is not None and procs.group_alive(svc.pgid):
+            self._timer(svc, LINGER_POLL, self._linger)
+        else:
+            self._finish_stop(svc)
+
+    def _finish_stop(self, svc: Service) -> None:
+        self._kill_remains(svc)
+        last = svc.history[-1] if svc.history else None
+        svc.to(S.STOPPED, "stopped by user" if svc.user_stopped else "")  # STOPPING -> STOPPED
+        what = f" ({policy.describe_exit(last)})" if last else ""
+        self.host.logs.system(f"{svc.name} stopped{what}", svc.name)
+        if svc.restart_after_stop and not self.host.shutting_down:
+            svc.restart_after_stop = False
+            svc.wanted = True  # started again by advance(), once its dependencies allow
+        self.dirty = True
+
+    def kill_all(self) -> None:
+        """The second Ctrl+C: SIGKILL every service now."""
+        for svc in self.services.values():
+            if svc.state in (S.STARTING, S.RUNNING):
+                svc.to(S.STOPPING)
+            if svc.state is S.STOPPING:
+                self._kill_remains(svc)
+                if svc.proc is None:
+                    self._finish_stop(svc)
+
+    def begin_shutdown(self) -> None:
+        """Cancel pending restarts; advance() then stops services in reverse dependency order."""
+        for svc in self.services.values():
+            if svc.state is S.BACKOFF:
+                svc.to(S.STOPPED)
+        self.dirty = True
+
+    # ------------------------------------------------------------------ user actions
+
+    def user_start(self, svc: Service) -> str:
+        """`devmesh start`: start it and whatever it needs; '' or why not."""
+        if svc.state in ALIVE_STATES:
+            return f"{svc.name} is already {svc.state.value}"
+        svc.history.clear()  # a user start forgives an old crash loop
+        for name in policy.closure([svc.name], self.depends()):
+            dep = self.services[name]
+            dep.wanted = True
+            dep.user_stopped = False
+            last = dep.history[-1] if dep.history else None
+            retry = dep.state is S.FAILED or (dep.state is S.EXITED and last and last.failed)
+            if name == svc.name or retry:
+                if dep.state in (S.EXITED, S.FAILED):
+                    dep.to(S.STOPPED)  # EXITED/FAILED -> STOPPED, started by advance()
+                elif dep.state is S.BACKOFF:
+                    dep.to(S.STOPPED)
+        self.dirty = True
+        return ""
+
+    def user_stop(self, svc: Service) -> str:
+        """`devmesh stop`: stop it and never restart it on its own; '' or why not."""
+        if svc.state in DOWN_STATES:
+            return f"{svc.name} is not running ({svc.state.value})"
+        svc.user_stopped = True
+        svc.restart_after_stop = False
+        self.host.logs.system(f"stopping {svc.name} (devmesh stop)", svc.name)
+        self.stop(svc)
+        return ""
+
+    def user_restart(self, svc: Service) -> str:
+        """`devmesh restart`: stop it if it runs, then start it again."""
+        svc.user_stopped = False
+        svc.history.clear()
+        if svc.state in (S.STARTING, S.RUNNING, S.STOPPING):
+            svc.restart_after_stop = True
+            self.host.logs.system(f"restarting {svc.name} (devmesh restart)", svc.name)
+            self.stop(svc)
+            return ""
+        return self.user_start(svc)
+
+    # ------------------------------------------------------------------ marked processes
+
+    def marked(self, instance: str) -> list[int]:
+        """Processes carrying DEVMESH_INSTANCE=instance (one /proc scan per loop iteration)."""
+        if self._marked_cache is None:
+            self._marked_cache = procs.scan_marked(self.node_id)
+        return self._marked_cache.get(instance, [])
+
+    def tick(self) -> None:
+        """A new loop iteration: forget the last scan of marked processes."""
+        self._marked_cache = None
+
+    # ------------------------------------------------------------------ timers
+
+    def _timer(self, svc: Service, delay: float, action: Callable[[Service], None]) -> None:
+        """Run `action(svc)` after `delay`, unless the service changed state in between."""
+        token = svc.timer_token
+
+        def fire() -> None:
+            if svc.timer_token == token:
+                action(svc)
+
+        self.host.at(time.monotonic() + delay, fire)
+
+
+def env_name(name: str) -> str:
+    """`web-ui` -> `WEB_UI`, for DEVMESH_<NAME>_URL."""
+    return "".join(c if c.isalnum() else "_" for c in name).upper()
