@@ -174,3 +174,43 @@ def test_state_machine_edges(old: ServiceState, new: ServiceState, ok: bool) -> 
     else:
         with pytest.raises(IllegalTransition, match=f"{old.value} -> {new.value}"):
             check_transition("api", old, new)
+
+
+def test_command_not_found_is_not_retried() -> None:
+    d = policy.after_exit(
+        [Exit(0, 0.01, code=127)],
+        policy=RestartPolicy.ALWAYS,
+        start_secs=1,
+        max_restarts=5,
+        backoff=0.5,
+    )
+    assert d == StayDown(failed=True, reason="command not found (exit 127)")
+    # The same code after a long run is an ordinary failure.
+    d2 = policy.after_exit(
+        [Exit(0, 30, code=127)],
+        policy=RestartPolicy.ALWAYS,
+        start_secs=1,
+        max_restarts=5,
+        backoff=0.5,
+    )
+    assert isinstance(d2, Restart)
+
+
+def test_backoff_grows_for_services_that_die_soon_after_start_secs() -> None:
+    history: list[Exit] = []
+    t = 0.0
+    delays = []
+    for _ in range(6):
+        history.append(Exit(started_at=t, ended_at=t + 3, code=1))  # lives 3 s, < STABLE_SECS
+        d = policy.after_exit(
+            history, policy=RestartPolicy.ON_FAILURE, start_secs=1, max_restarts=5, backoff=0.5
+        )
+        assert isinstance(d, Restart)  # not a crash loop: it outlived start_secs
+        delays.append(d.at - (t + 3))
+        t = d.at
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def test_unknown_service_suggests_the_closest_name() -> None:
+    msg = policy.unknown_service("apu", ["api", "web"])
+    assert msg == "unknown service 'apu' (did you mean 'api'?); known: api, web"
