@@ -9,9 +9,9 @@ order of the managers rotated every repeat; it reports medians (with min-max) an
    until that many `sleep` processes descend from the manager.
 2. Memory: PSS (psutil `memory_full_info().pss`), summed over the manager's own processes, about
    2 s after all services run: the manager and every descendant that is not a service (`sleep`,
-   `sh`). devmesh: supervisor, watchdog and workers; honcho: honcho and its one multiprocessing
-   child per process; supervisord: itself. Also at 10 services, giving the cost per service:
-   (PSS at N - PSS at 10) / (N - 10).
+   `sh`). devmesh: supervisor, watchdog, workers, multiprocessing's resource tracker; honcho:
+   honcho and its one multiprocessing child per process; supervisord: itself. Also at 10
+   services, giving the cost per service: (PSS at N - PSS at 10) / (N - 10).
 3. Log fan-in: 4 services each write `--lines`/4 lines of 80 bytes (50 lines per write(2), then
    they sleep, so no manager sees an exit), and the clock runs from launch until the manager has
    written every line: devmesh and honcho to their stdout (redirected to a file), supervisord to
@@ -24,12 +24,18 @@ Each manager runs in its own temporary directory (devmesh with its own `XDG_RUNT
 is stopped by pid: SIGTERM, SIGKILL after a bounded wait, then any service left over (by pid and
 start time, and by its process group). Every wait is bounded.
 
+devmesh is imported from a frozen copy of the project's last commit (`git archive HEAD`, or the
+working tree with `--source worktree`), put first on `PYTHONPATH`, so edits during the run and
+whatever `pip install -e` points at do not matter. The three packages' bytecode is compiled
+first, and `PYTHONDONTWRITEBYTECODE`/`PYTHONUNBUFFERED` are removed from the managers' env.
+
 Run it from the project root (honcho and supervisor must be installed: `pip install -e .[bench]`):
 
     python3 scripts/bench/supervisor.py --repeat 5 --markdown docs/benchmarks.md
 
 Options: `--repeat N`, `--services N`, `--lines N`, `--only start|memory|logs`, `--managers`,
-`--markdown PATH` (writes or replaces the "## Supervisor" section of that file).
+`--source head|worktree`, `--markdown PATH` (writes or replaces the "## Supervisor" section of
+that file). The exit code is 1 when a measured goal fails.
 """
 
 from __future__ import annotations
@@ -1080,12 +1086,18 @@ def markdown(
         "sleep), the same command for the three; the clock stops when every line is in the "
         "manager's output: devmesh and honcho stdout redirected to a file (prefixed lines; "
         "devmesh also writes its per-service log files), supervisord the per-program "
-        "`stdout_logfile`s. Every line is then checked for loss, duplication and tearing.",
+        "`stdout_logfile`s. Every line is then checked for loss, duplication and tearing. "
+        "devmesh runs from a copy of the commit named above (`git archive HEAD`; "
+        "`--source worktree` copies the working tree instead), whatever `pip install -e` "
+        "points at.",
         "",
         "Noise. The machine is a shared, noisy 2-core VM: the benchmark, the manager and its "
         "services compete for the same two cores, and other jobs run beside them (see the load "
         "averages). The min-max ranges show the spread between repeats; ratios are of the "
-        "medians. Start times include the interpreter start and imports of each manager.",
+        "medians. Start times include the interpreter start and imports of each manager. PSS "
+        "divides a shared page among every process that maps it, unrelated `python3` processes "
+        "on the machine included, so all three managers' PSS moves by a few MiB together with "
+        "what else runs.",
         "",
     ]
     return "\n".join(lines)
