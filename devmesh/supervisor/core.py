@@ -16,6 +16,7 @@ import secrets
 import selectors
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -134,6 +135,9 @@ class Supervisor:
     def _reap(self) -> None:
         self._last_reap = time.monotonic()
         self.svcs.reap()
+        for handle in self.workers.values():  # normally their pipe's EOF tells first
+            if handle.process is not None and handle.process.poll() is not None:
+                self._worker_died(handle)
 
     # ------------------------------------------------------------------ timers
 
@@ -212,25 +216,22 @@ class Supervisor:
     def _start_worker(self, handle: WorkerHandle) -> None:
         handle.start(time.monotonic())
         assert handle.process is not None and handle.conn is not None
-        pid = handle.process.pid
-        assert pid is not None
-        self.watchdog.add_pid(pid)
+        self.watchdog.add_pid(handle.process.pid)
         self.selector.register(
             handle.conn, selectors.EVENT_READ, lambda _: self._from_worker(handle)
         )
-        self.selector.register(
-            handle.process.sentinel, selectors.EVENT_READ, lambda _: self._worker_died(handle)
-        )
 
     def _from_worker(self, handle: WorkerHandle) -> None:
-        for msg in handle.receive(time.monotonic()):
+        messages, eof = handle.receive(time.monotonic())
+        for msg in messages:
             if isinstance(msg, m.ControlRequest):
                 handle.send(self._control(msg))
+        if eof:  # the worker's end of the pipe closed: it died
+            self._worker_died(handle)
 
     def _worker_died(self, handle: WorkerHandle) -> None:
         assert handle.process is not None and handle.conn is not None
         self.selector.unregister(handle.conn)
-        self.selector.unregister(handle.process.sentinel)
         pid = handle.pid
         if pid is not None:
             self.watchdog.remove_pid(pid)
@@ -263,10 +264,11 @@ class Supervisor:
         deadline = time.monotonic() + WORKER_STOP_GRACE
         for handle in live:
             assert handle.process is not None
-            handle.process.join(max(0.0, deadline - time.monotonic()))
-            if handle.process.exitcode is None:
+            try:
+                handle.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 handle.kill()
-                handle.process.join(1.0)
+                handle.process.wait(1.0)
             pid = handle.pid
             if pid is not None:
                 self.watchdog.remove_pid(pid)

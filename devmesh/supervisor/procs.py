@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import shlex
 import shutil
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from devmesh.supervisor.watchdog_main import scan_proc
 
 _PR_SET_PDEATHSIG = 1
 READ_CHUNK = 256 * 1024  # bytes per read of a service's output pipe
@@ -62,6 +65,7 @@ def spawn(command: str, *, cwd: Path, env: Mapping[str, str]) -> Spawned:
     Raises OSError (FileNotFoundError for a missing cwd) when the process cannot start.
     """
     read_fd, write_fd = os.pipe()
+    _grow_pipe(write_fd)
     parent = os.getpid()
     try:
         popen = subprocess.Popen(
@@ -82,6 +86,25 @@ def spawn(command: str, *, cwd: Path, env: Mapping[str, str]) -> Spawned:
         os.close(write_fd)
     os.set_blocking(read_fd, False)
     return Spawned(popen=popen, output_fd=read_fd)
+
+
+_F_SETPIPE_SZ = 1031
+PIPE_SIZE = 256 * 1024
+# Pipe buffers count against a per-user kernel budget (pipe-user-pages-soft, 64 MiB); past it
+# new pipes shrink to one page. So only the first pipes get large buffers.
+_pipe_budget = 16 * 1024 * 1024
+
+
+def _grow_pipe(fd: int) -> None:
+    """A bigger pipe buffer: a chatty service blocks less and the parent reads bigger chunks."""
+    global _pipe_budget
+    if _pipe_budget < PIPE_SIZE or not sys.platform.startswith("linux"):
+        return
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        return
+    _pipe_budget -= PIPE_SIZE
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -121,37 +144,14 @@ def signal_pid(pid: int, sig: int) -> bool:
     return True
 
 
-MARK = b"DEVMESH_INSTANCE="
-
-
 def scan_marked(node_id: str) -> dict[str, list[int]]:
     """Every process whose environment has `DEVMESH_INSTANCE=<node_id>.N`, by that value.
 
     Services and everything they start inherit the variable, so this finds the processes that
     left their service's process group (setsid, daemonising helpers) after their parent died.
     """
-    needle = MARK + node_id.encode() + b"."
-    found: dict[str, list[int]] = {}
-    me = os.getpid()
-    try:
-        entries = os.listdir("/proc")
-    except FileNotFoundError:
-        return _scan_marked_psutil(node_id)
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        start = data.find(needle)
-        if start < 0 or (start > 0 and data[start - 1] != 0):
-            continue
-        end = data.find(b"\0", start)
-        value = data[start + len(MARK) : end if end >= 0 else len(data)]
-        found.setdefault(value.decode(errors="replace"), []).append(int(entry))
-    return found
+    found = scan_proc(node_id)
+    return found if found is not None else _scan_marked_psutil(node_id)
 
 
 def _scan_marked_psutil(node_id: str) -> dict[str, list[int]]:
@@ -160,7 +160,7 @@ def _scan_marked_psutil(node_id: str) -> dict[str, list[int]]:
     prefix = node_id + "."
     for proc in psutil.process_iter():
         try:
-            value = proc.environ().get(MARK[:-1].decode(), "")
+            value = proc.environ().get("DEVMESH_INSTANCE", "")
         except psutil.Error:
             continue
         if value.startswith(prefix):

@@ -1,11 +1,11 @@
-"""The orphan watchdog: one tiny forked process that kills every service group if the parent dies.
+"""The orphan watchdog: one tiny process that kills every service group if the parent dies.
 
 A parent killed with SIGKILL runs no cleanup, and `PR_SET_PDEATHSIG` reaches only its direct
-children. So the parent tells this process every process group and worker pid it starts, over a
+children. So the parent tells the watchdog every process group and worker pid it starts, over a
 pipe; when the pipe reaches EOF (the parent is gone, however it died) the watchdog SIGKILLs them
-all, and every process that carries this node's DEVMESH_INSTANCE mark (those that left their
-group). It is forked before it could inherit anything that matters and closes every other fd, so
-that it never keeps a worker's pipe open.
+all, and every process carrying this node's DEVMESH_INSTANCE mark (those that left their group).
+It is a fresh `python -I -S` running `watchdog_main.py` (a few MB, no devmesh imports) that
+inherits only its pipe, so it never keeps a worker's pipe or the terminal open.
 """
 
 from __future__ import annotations
@@ -13,76 +13,48 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import NoReturn
+import subprocess
+import sys
+from pathlib import Path
 
-from devmesh.supervisor.procs import scan_marked
-
-
-def _watch(read_fd: int, node_id: str) -> NoReturn:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
-    groups: set[int] = set()
-    pids: set[int] = set()
-    pending = b""
-    while True:
-        try:
-            data = os.read(read_fd, 65536)
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-        if not data:
-            break
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            op, _, num = line.partition(b" ")
-            target = groups if op in (b"+g", b"-g") else pids
-            if op[:1] == b"+":
-                target.add(int(num))
-            else:
-                target.discard(int(num))
-    for pgid in groups:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    # Processes that left their service's group (setsid) carry the node's DEVMESH_INSTANCE.
-    for found in scan_marked(node_id).values():
-        for pid in found:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-    os._exit(0)
+MAIN = Path(__file__).with_name("watchdog_main.py")
 
 
 class Watchdog:
-    """The parent's handle on the watchdog process; re-forked if it dies."""
+    """The parent's handle on the watchdog process; started again if it dies."""
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.pid = 0
+        self.proc: subprocess.Popen[bytes] | None = None
         self._fd = -1
         self.groups: set[int] = set()
         self.pids: set[int] = set()
         self.restarts = 0
 
+    @property
+    def pid(self) -> int:
+        """The watchdog's pid (0 before it starts)."""
+        return self.proc.pid if self.proc is not None else 0
+
     def start(self) -> None:
-        """Fork the watchdog and tell it everything already registered."""
+        """Start the watchdog and tell it everything already registered."""
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: keep only the read end (and stdio)
-            try:
-                devnull = os.open(os.devnull, os.O_RDWR)
-                for std in (0, 1, 2):  # never keep the terminal or a caller's pipe open
-                    os.dup2(devnull, std)
-                os.closerange(3, read_fd)
-                os.closerange(read_fd + 1, 65536)
-                _watch(read_fd, self.node_id)
-            finally:
-                os._exit(1)
-        os.close(read_fd)
-        self.pid, self._fd = pid, write_fd
+        # Ctrl+C goes to the whole foreground group: keep it off the watchdog until it has
+        # set SIG_IGN (the mask survives exec).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(MAIN), str(read_fd), self.node_id],
+                pass_fds=(read_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            os.close(read_fd)
+        self._fd = write_fd
+        os.set_inheritable(write_fd, False)
         lines = [f"+g {g}" for g in self.groups] + [f"+p {p}" for p in self.pids]
         if lines:
             self._send("\n".join(lines))
@@ -93,7 +65,7 @@ class Watchdog:
             while data:
                 data = data[os.write(self._fd, data) :]
         except OSError:
-            pass  # it died; poll() notices and restarts it with the full set
+            pass  # it died; poll() notices and starts a new one with the full set
 
     def add_group(self, pgid: int) -> None:
         """Kill this process group if the parent dies."""
@@ -116,14 +88,8 @@ class Watchdog:
         self._send(f"-p {pid}")
 
     def poll(self) -> bool:
-        """Reap the watchdog if it died and fork a new one; True if it was restarted."""
-        if self.pid == 0:
-            return False
-        try:
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid = self.pid
-        if pid == 0:
+        """Reap the watchdog if it died and start a new one; True if it was restarted."""
+        if self.proc is None or self.proc.poll() is None:
             return False
         os.close(self._fd)
         self.restarts += 1
@@ -132,10 +98,10 @@ class Watchdog:
 
     def close(self) -> None:
         """Clean stop: everything was stopped already, so just let it exit."""
-        if self.pid:
+        if self.proc is not None:
             self.groups.clear()
             self.pids.clear()
             os.close(self._fd)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
-            self.pid = 0
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            self.proc = None

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
+import devmesh
 from devmesh import messages as m
 from devmesh.supervisor.states import WorkerState
-from devmesh.workers.base import HEARTBEAT_INTERVAL, worker_main
+from devmesh.workers.base import HEARTBEAT_INTERVAL
 
-# The spawn start method: a fresh interpreter, never a fork of the parent's state.
-_ctx = multiprocessing.get_context("spawn")
+# Where the devmesh package lives, so a worker imports the same one as its parent.
+_PACKAGE_ROOT = str(Path(devmesh.__file__).resolve().parent.parent)
 
 SILENCE_LIMIT = 5 * HEARTBEAT_INTERVAL  # a worker silent this long is killed and restarted
 STABLE_AFTER = 5.0  # a worker that lived this long restarts at once after a crash
@@ -42,7 +44,7 @@ class WorkerHandle:
     spec: WorkerSpec
     project: str
     state: WorkerState = WorkerState.STOPPED
-    process: BaseProcess | None = None
+    process: subprocess.Popen[bytes] | None = None
     conn: Connection | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -63,23 +65,28 @@ class WorkerHandle:
         return self.process.pid if self.process is not None else None
 
     def start(self, now: float) -> None:
-        """Spawn the process and send it its `Configure`."""
-        parent_conn, child_conn = _ctx.Pipe(duplex=True)
-        process = _ctx.Process(
-            target=worker_main,
-            args=(self.spec.name, child_conn, self.spec.sockets(), os.getpid(), self.spec.factory),
-            name=f"devmesh-{self.spec.name}",
-            daemon=True,
-        )
+        """Start a fresh interpreter for the worker and send it its `Configure`.
+
+        The start method is a plain exec (`python -m devmesh.workers`): never a fork of the
+        parent's state, and no multiprocessing resource tracker process.
+        """
+        parent_sock, child_sock = socket.socketpair()
+        sockets = self.spec.sockets()
+        fds = [child_sock.fileno(), *(s.fileno() for s in sockets)]
+        argv = [sys.executable, "-m", "devmesh.workers", self.spec.name, self.spec.factory]
+        argv += [str(os.getpid()), *map(str, fds)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         # SIGINT (Ctrl+C reaches the whole foreground group) stays blocked in the new process
         # until it has set SIG_IGN: no KeyboardInterrupt traceback from a half-started worker.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            process.start()
+            process = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, env=env)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        child_conn.close()
-        self.process, self.conn = process, parent_conn
+            child_sock.close()
+        self.process = process
+        self.conn = Connection(parent_sock.detach())
         self.state = WorkerState.STARTING
         self.started_at = self.last_heard = now
         self.restart_at = None
@@ -99,32 +106,34 @@ class WorkerHandle:
         with contextlib.suppress(OSError):
             self.conn.send(msg)
 
-    def receive(self, now: float) -> list[m.WorkerMessage]:
-        """Every message waiting on the pipe (empty on EOF: the sentinel reports the death)."""
+    def receive(self, now: float) -> tuple[list[m.WorkerMessage], bool]:
+        """Every message waiting on the pipe, and whether it reached EOF (the worker died)."""
         got: list[m.WorkerMessage] = []
         if self.conn is None:
-            return got
+            return got, True
         try:
             while self.conn.poll():
                 got.append(self.conn.recv())
         except (EOFError, OSError):
-            return got
+            return got, True
         if got:
             self.last_heard = now
         for msg in got:
             if isinstance(msg, m.Ready) and self.state is WorkerState.STARTING:
                 self.state = WorkerState.RUNNING  # STARTING -> RUNNING
-        return got
+        return got, False
 
     def reap(self, now: float, *, restart: bool) -> float | None:
-        """After its sentinel fired: collect the exit, and when to start it again (None: don't)."""
+        """After its pipe closed: collect the exit, and when to start it again (None: don't)."""
         assert self.process is not None
-        self.process.join(0.5)
-        code = self.process.exitcode
+        try:
+            code: int | None = self.process.wait(1.0)
+        except subprocess.TimeoutExpired:  # closed its pipe but lives on: not a worker of ours
+            self.kill()
+            code = self.process.wait(1.0)
         self.last_exit = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
         if self.conn is not None:
             self.conn.close()
-        self.process.close()
         self.process, self.conn = None, None
         if not restart:
             self.state = WorkerState.STOPPED
@@ -146,9 +155,9 @@ class WorkerHandle:
 
     def kill(self) -> None:
         """SIGKILL the process (a hung worker, or one that ignored Stop)."""
-        if self.process is not None and self.process.pid is not None:
+        if self.process is not None:
             with contextlib.suppress(OSError):
-                os.kill(self.process.pid, 9)
+                os.kill(self.process.pid, signal.SIGKILL)
 
     def snapshot(self) -> dict[str, Any]:
         """The worker as `devmesh status --json` shows it."""
