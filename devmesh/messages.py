@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from devmesh.proxy.table import RouteTable
+
 PROTOCOL = 1
 
 
@@ -69,6 +71,14 @@ class ControlReply:
 
 
 @dataclass(frozen=True)
+class RoutesUpdate:
+    """A new route table for the proxy workers (sent on start and on every change)."""
+
+    table: RouteTable
+    kind: Literal["routes_update"] = "routes_update"
+
+
+@dataclass(frozen=True)
 class Stop:
     """Finish what is in flight and exit."""
 
@@ -76,4 +86,4 @@ class Stop:
 
 
 WorkerMessage = Ready | Heartbeat | ControlRequest
-ParentMessage = Configure | ControlReply | Stop
+ParentMessage = Configure | ControlReply | RoutesUpdate | Stop

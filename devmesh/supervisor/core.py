@@ -106,6 +106,7 @@ class Supervisor:
             )
             while not (self.shutting_down and not self.svcs.alive()):
                 self._tick()
+            self.svcs.sweep()  # whatever left a group and outlived the cache's last look
             self._stop_workers()
             return 0
         finally:
@@ -119,7 +120,6 @@ class Supervisor:
             timeout = max(0.0, min(timeout, self._timers[0][0] - now))
         for key, _ in self.selector.select(timeout):
             key.data(key.fileobj)
-        svcs.tick()
         self._handle_signals()
         if time.monotonic() - self._last_reap > TICK:  # in case a SIGCHLD was missed
             self._reap()

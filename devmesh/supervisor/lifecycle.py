@@ -22,6 +22,9 @@ from devmesh.supervisor.watchdog import Watchdog
 
 S = ServiceState
 LINGER_POLL = 0.05  # while a stopped service's group still has members
+# A scan of /proc for marked processes is reused this long: a mass stop of 200 services would
+# otherwise read every process's environment once per loop iteration.
+SCAN_TTL = 0.25
 HISTORY = 20  # exits kept per service (more if max_restarts needs them)
 
 
@@ -50,6 +53,7 @@ class ServiceSet:
         # that left its service's group can still be found and stopped.
         self.node_id = node_id
         self._marked_cache: dict[str, list[int]] | None = None
+        self._marked_at = 0.0
         self.dirty = True  # something changed: re-check which services may start
         self._spawns = 0
         ports = procs.free_ports(sum(1 for c in config.services.values() if c.port is None))
@@ -373,14 +377,18 @@ class ServiceSet:
     # ------------------------------------------------------------------ marked processes
 
     def marked(self, instance: str) -> list[int]:
-        """Processes carrying DEVMESH_INSTANCE=instance (one /proc scan per loop iteration)."""
-        if self._marked_cache is None:
+        """Processes carrying DEVMESH_INSTANCE=instance (from a scan at most SCAN_TTL old)."""
+        now = time.monotonic()
+        if self._marked_cache is None or now - self._marked_at > SCAN_TTL:
             self._marked_cache = procs.scan_marked(self.node_id)
+            self._marked_at = now
         return self._marked_cache.get(instance, [])
 
-    def tick(self) -> None:
-        """A new loop iteration: forget the last scan of marked processes."""
-        self._marked_cache = None
+    def sweep(self) -> None:
+        """The end of a shutdown: SIGKILL every process still carrying this node's mark."""
+        for pids in procs.scan_marked(self.node_id).values():
+            for pid in pids:
+                procs.signal_pid(pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ timers
 

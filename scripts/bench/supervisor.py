@@ -9,7 +9,7 @@ order of the managers rotated every repeat; it reports medians (with min-max) an
    until that many `sleep` processes descend from the manager.
 2. Memory: PSS (psutil `memory_full_info().pss`), summed over the manager's own processes, about
    2 s after all services run: the manager and every descendant that is not a service (`sleep`,
-   `sh`). devmesh: supervisor, watchdog, workers, multiprocessing's resource tracker; honcho:
+   `sh`). devmesh: supervisor, watchdog, workers; honcho:
    honcho and its one multiprocessing child per process; supervisord: itself. Also at 10
    services, giving the cost per service: (PSS at N - PSS at 10) / (N - 10).
 3. Log fan-in: 4 services each write `--lines`/4 lines of 80 bytes (50 lines per write(2), then
@@ -537,9 +537,13 @@ def role_of(pid: int, manager: str) -> str:
     if "resource_tracker" in cmdline:
         return "multiprocessing resource tracker"
     if "spawn_main" in cmdline:
-        return "control worker (spawned)" if manager == "devmesh" else "spawned child"
+        return "spawned child"
     if manager == "devmesh":
-        return "watchdog (forked)"
+        if "devmesh.workers" in cmdline:
+            return "worker " + cmdline.split("devmesh.workers", 1)[1].split()[0]
+        if "watchdog_main" in cmdline:
+            return "watchdog"
+        return "other child"
     if manager == "honcho":
         return "per-process children (forked)"
     return "child"
@@ -1077,8 +1081,8 @@ def markdown(
         f"{POLL * 1000:.0f} ms (a spawned `sleep` counts; supervisord's `startsecs` and "
         "devmesh's `start_secs` promotion to RUNNING are not waited for). *Memory*: PSS "
         f"summed over the manager's own processes {SETTLE:.0f} s after all services run: the "
-        "manager and its descendants that are not `sleep`/`sh` (devmesh: supervisor, its forked "
-        "watchdog, the spawned control worker and multiprocessing's resource tracker; "
+        "manager and its descendants that are not `sleep`/`sh` (devmesh: supervisor, its "
+        "watchdog and its control worker; "
         "honcho: honcho and its multiprocessing child per process; "
         "supervisord: itself); the per-service cost is the difference to a run with "
         f"{SMALL_SERVICES} services. *Log fan-in*: {LOG_SERVICES} services each write "

@@ -1,0 +1,47 @@
+"""The route table the parent pushes to every proxy worker: what each name leads to, right now.
+
+Built by the parent from the services' state (`devmesh.supervisor.routes`); the proxy only
+reads it. Numbered, so a worker can tell an old table from a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a service accepts connections."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ServiceRoute:
+    """One service as the proxy sees it."""
+
+    name: str
+    upstream: Upstream | None  # None: no address to try (stopped, failed, not started)
+    state: str  # the service state (starting, running, backoff, ... or "external")
+    restarts: int = 0
+    reason: str = ""  # why it is down, as `devmesh status` shows it
+    aliases: tuple[str, ...] = ()  # more host names (lowercase, no port)
+    routes: tuple[str, ...] = ()  # path prefixes: "/api/*" or "/api"
+    host_header: str = "canonical"  # "canonical" | "keep" | a fixed Host value
+    last_lines: tuple[str, ...] = ()  # the end of its log, for the 503 page
+    version: str | None = None
+
+    @property
+    def starting(self) -> bool:
+        """A state in which it will (probably) accept connections soon: 503 with Retry-After."""
+        return self.state in ("starting", "backoff")
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """Every service of this node, in config order, and the proxy's own port."""
+
+    version: int
+    proxy_port: int
+    services: tuple[ServiceRoute, ...] = ()
