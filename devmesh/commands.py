@@ -230,7 +230,7 @@ def render_status(data: dict[str, Any]) -> str:
         "",
     ]
     rows: list[tuple[str, ...]] = [
-        ("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "INFO")
+        ("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "URL", "INFO")
     ]
     for s in data["services"]:
         rows.append(
@@ -241,6 +241,7 @@ def render_status(data: dict[str, Any]) -> str:
                 str(s["port"] or "-"),
                 str(s["restarts"]),
                 _age(s["uptime"]),
+                s.get("url") or "-",
                 s["reason"] or "",
             )
         )
@@ -250,6 +251,8 @@ def render_status(data: dict[str, Any]) -> str:
         for w in data["workers"]
     )
     lines += ["", f"workers: {workers}"]
+    for error in node.get("config_error") or []:
+        lines.append(f"config not applied: {error}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(step)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def pid_alive(pid: int) -> bool:
@@ -85,6 +93,7 @@ class Project:
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         (home / "run").mkdir(mode=0o700)
+        self.proxy_port = free_port()
         self.running: list[Running] = []
 
     def write(self, name: str, text: str) -> Path:
@@ -95,7 +104,10 @@ class Project:
         return path
 
     def toml(self, text: str) -> Path:
-        """Write devmesh.toml."""
+        """Write devmesh.toml; without a [proxy] section, on a free proxy port (not 8080)."""
+        text = textwrap.dedent(text).lstrip()
+        if "[proxy]" not in text:
+            text = f"[proxy]\nport = {self.proxy_port}\n\n{text}"
         return self.write("devmesh.toml", text)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

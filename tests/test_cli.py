@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_config_error_names_file_line_key_and_starts_nothing(project: Project) -> None:
-    project.toml(
+    project.write(
+        "devmesh.toml",
         """
         [services.api]
         command = "sleep 1000"
@@ -19,7 +20,7 @@ def test_config_error_names_file_line_key_and_starts_nothing(project: Project) -
 
         [services.web]
         comand = "sleep 1000"
-        """
+        """,
     )
     for args in (("up",), ("check",), ("up", "--detach")):
         result = project.cli(*args)
@@ -32,11 +33,12 @@ def test_config_error_names_file_line_key_and_starts_nothing(project: Project) -
 
 
 def test_toml_syntax_error_is_located(project: Project) -> None:
-    project.toml(
+    project.write(
+        "devmesh.toml",
         """
         [services.api]
         command = "sleep 1000
-        """
+        """,
     )
     result = project.cli("check")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -23,14 +23,18 @@ from typing import Any
 
 from devmesh import __version__
 from devmesh import messages as m
+from devmesh.config import ConfigError, load
 from devmesh.config.model import Config
 from devmesh.logs.writer import LogSink
 from devmesh.namespace import resolve_namespace
 from devmesh.paths import ProjectPaths
+from devmesh.proxy.table import RouteTable
 from devmesh.supervisor.lifecycle import ServiceSet
 from devmesh.supervisor.lock import ProjectLock
 from devmesh.supervisor.policy import unknown_service
-from devmesh.supervisor.states import WorkerState
+from devmesh.supervisor.reload import FileWatch, diff
+from devmesh.supervisor.routes import build_table, url
+from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, WorkerHandle, WorkerSpec
 
@@ -73,8 +77,17 @@ class Supervisor:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._forced = False
+        self._retired: list[WorkerHandle] = []
         self._last_reap = 0.0
+        self._watch_at = 0.0
         self._control_sock: socket.socket | None = None
+        self._proxy_sock: socket.socket | None = None
+        self._proxy_key: tuple[int, int, str] | None = None  # (port, workers, lan_access) served
+        self._routes: RouteTable | None = None
+        self._routes_key: object = None
+        self._routes_at = 0.0
+        self._watch = FileWatch((config.path, config.root / ".env"))
+        self.config_error: list[str] = []
         self._lock = ProjectLock(paths.lock)
         self.started_wall = time.time()
         self.services: ServiceSet | None = None
@@ -96,6 +109,7 @@ class Supervisor:
             self.watchdog.start()  # first: before anything it must clean up exists
             self._install_signals()
             self._bind_control_socket()
+            self._proxy_sock = bind_proxy(self.config.proxy.port)
             self.services = ServiceSet(
                 self, self.config, namespace=self.namespace, node_id=self.node_id, only=self._only
             )
@@ -128,6 +142,11 @@ class Supervisor:
             svcs.dirty = False
             svcs.advance()
         self._check_workers()
+        self._push_routes()
+        if time.monotonic() - self._watch_at > TICK:
+            self._watch_at = time.monotonic()
+            if self._watch.changed():
+                self.reload()
         if self.watchdog.poll():
             self.logs.system(f"watchdog restarted (pid {self.watchdog.pid})")
         self.logs.flush()
@@ -135,7 +154,7 @@ class Supervisor:
     def _reap(self) -> None:
         self._last_reap = time.monotonic()
         self.svcs.reap()
-        for handle in self.workers.values():  # normally their pipe's EOF tells first
+        for handle in [*self.workers.values(), *self._retired]:  # their pipe's EOF tells first
             if handle.process is not None and handle.process.poll() is not None:
                 self._worker_died(handle)
 
@@ -177,6 +196,9 @@ class Supervisor:
             signum = self._signals.pop(0)
             if signum == signal.SIGCHLD:
                 self._reap()
+            elif signum == signal.SIGHUP:
+                self.logs.system("SIGHUP received, reloading the config")
+                self.reload()
             elif self.shutting_down:
                 if not self._forced:
                     self._forced = True
@@ -207,16 +229,101 @@ class Supervisor:
     def _start_workers(self) -> None:
         assert self._control_sock is not None
         ctl = self._control_sock
-        specs = [WorkerSpec("control", "devmesh.control.worker:make_role", sockets=lambda: [ctl])]
-        for spec in specs:
-            handle = WorkerHandle(spec=spec, project=self.config.name)
-            self.workers[spec.name] = handle
-            self._start_worker(handle)
+        self._add_worker(
+            WorkerSpec("control", "devmesh.control.worker:make_role", sockets=lambda: [ctl])
+        )
+        self._reconcile_proxy()
+
+    def _add_worker(self, spec: WorkerSpec) -> None:
+        handle = WorkerHandle(spec=spec, project=self.config.name)
+        self.workers[spec.name] = handle
+        self._start_worker(handle)
+
+    def _reconcile_proxy(self) -> None:
+        """Run `[proxy] workers` proxy workers on `[proxy] port`; after a config change, replace
+        them (a new port is bound first: if it is taken, the old proxy keeps serving)."""
+        proxy = self.config.proxy
+        key = (proxy.port, proxy.workers, proxy.lan_access.value)
+        if key == self._proxy_key:
+            return
+        if self._proxy_key is not None and proxy.port != self._proxy_key[0]:
+            try:
+                new_sock = bind_proxy(proxy.port)
+            except OSError as exc:
+                self.logs.system(f"proxy port {proxy.port} not applied: {exc.strerror or exc}")
+                return
+            assert self._proxy_sock is not None
+            old_sock, self._proxy_sock = self._proxy_sock, new_sock
+            old_sock.close()  # the old workers hold their own copy until they exit
+        for handle in [h for h in self.workers.values() if h.name.startswith("proxy-")]:
+            handle.state = WorkerState.STOPPING
+            handle.send(m.Stop())
+            del self.workers[handle.name]
+            self._retired.append(handle)
+        self._proxy_key = key
+        sock = self._proxy_sock
+        assert sock is not None
+        settings = {"proxy_port": proxy.port, "lan_access": proxy.lan_access.value}
+        for i in range(1, proxy.workers + 1):
+            self._add_worker(
+                WorkerSpec(
+                    f"proxy-{i}",
+                    "devmesh.proxy.worker:make_role",
+                    sockets=lambda: [sock],
+                    settings=lambda: dict(settings),
+                )
+            )
+
+    def _push_routes(self, force: bool = False) -> None:
+        """Send the route table to the proxy workers when it changed."""
+        svcs = self.svcs
+        # Every transition bumps a service's timer token; a service that is not running also
+        # gets its log tail refreshed once a second, for the 503 page.
+        key = (tuple(s.timer_token for s in svcs.services.values()), tuple(svcs.services))
+        now = time.monotonic()
+        stale = now - self._routes_at > TICK and any(
+            s.state is not ServiceState.RUNNING for s in svcs.services.values()
+        )
+        if not force and key == self._routes_key and not stale:
+            return
+        version = self._routes.version + 1 if self._routes else 1
+        table = build_table(version, self.config.proxy.port, svcs.services.values(), self.logs.tail)
+        self._routes_key, self._routes_at = key, now
+        if self._routes is not None and table.services == self._routes.services and not force:
+            return
+        self._routes = table
+        for handle in self.workers.values():
+            if handle.name.startswith("proxy-"):
+                handle.send(m.RoutesUpdate(table))
+
+    def reload(self) -> None:
+        """Apply a saved config: validated first; if invalid, the running one stays."""
+        try:
+            new = load(self.config.path)
+        except ConfigError as exc:
+            self.config_error = [str(i) for i in exc.issues]
+            for line in self.config_error:
+                self.logs.system(f"config not applied: {line}")
+            return
+        except OSError as exc:
+            self.config_error = [f"{self.config.path}: {exc.strerror or exc}"]
+            self.logs.system(f"config not applied: {self.config_error[0]}")
+            return
+        self.config_error = []
+        change = diff(self.config, new)
+        if change.empty:
+            return
+        self.logs.system(f"config reloaded: {change.describe()}")
+        self.config = new
+        self.svcs.apply(new, change)
+        self._reconcile_proxy()
 
     def _start_worker(self, handle: WorkerHandle) -> None:
         handle.start(time.monotonic())
         assert handle.process is not None and handle.conn is not None
         self.watchdog.add_pid(handle.process.pid)
+        if handle.name.startswith("proxy-") and self._routes is not None:
+            handle.send(m.RoutesUpdate(self._routes))  # a restarted worker serves at once
         self.selector.register(
             handle.conn, selectors.EVENT_READ, lambda _: self._from_worker(handle)
         )
@@ -235,6 +342,10 @@ class Supervisor:
         pid = handle.pid
         if pid is not None:
             self.watchdog.remove_pid(pid)
+        if handle in self._retired:  # replaced after a config change
+            self._retired.remove(handle)
+            handle.reap(time.monotonic(), restart=False)
+            return
         stopping = handle.state is WorkerState.STOPPING or self.shutting_down
         restart_at = handle.reap(time.monotonic(), restart=not stopping)
         if restart_at is None:
@@ -257,7 +368,7 @@ class Supervisor:
                 handle.last_heard = now  # its sentinel reports the death
 
     def _stop_workers(self) -> None:
-        live = [h for h in self.workers.values() if h.process is not None]
+        live = [h for h in [*self.workers.values(), *self._retired] if h.process is not None]
         for handle in live:
             handle.state = WorkerState.STOPPING
             handle.send(m.Stop())
@@ -277,6 +388,8 @@ class Supervisor:
         self.logs.flush()
         if self.services is not None:  # only not empty after an error in the loop itself
             self.svcs.kill_all()
+        if self._proxy_sock is not None:
+            self._proxy_sock.close()
         if self._control_sock is not None:
             self._control_sock.close()
             with contextlib.suppress(FileNotFoundError):
@@ -336,7 +449,34 @@ class Supervisor:
                 "version": __version__,
                 "shutting_down": self.shutting_down,
                 "watchdog_pid": self.watchdog.pid,
+                "proxy": {"port": self.config.proxy.port, "workers": self.config.proxy.workers},
+                "config_error": self.config_error,
+                "routes_version": self._routes.version if self._routes else 0,
             },
-            "services": [s.snapshot(now) for s in self.svcs.services.values()],
+            "services": [
+                s.snapshot(now) | {"url": url(s.name, self.config.proxy.port)}
+                for s in self.svcs.services.values()
+            ],
             "workers": [w.snapshot() for w in self.workers.values()],
         }
+
+
+def bind_proxy(port: int) -> socket.socket:
+    """The proxy's listening socket, bound here so a restarted proxy worker serves at once:
+    dual-stack [::] where IPv6 exists (browsers try ::1 for *.localhost), else 0.0.0.0."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple[str, int] = ("::", port)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("0.0.0.0", port)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from devmesh.config.model import Config, DependCondition
 from devmesh.logs.writer import LogSink
 from devmesh.supervisor import policy, procs
+from devmesh.supervisor.reload import ConfigDiff
 from devmesh.supervisor.service import OutputPipe, Service
 from devmesh.supervisor.states import ALIVE_STATES, DOWN_STATES, ServiceState
 from devmesh.supervisor.watchdog import Watchdog
@@ -56,18 +57,57 @@ class ServiceSet:
         self._marked_at = 0.0
         self.dirty = True  # something changed: re-check which services may start
         self._spawns = 0
-        ports = procs.free_ports(sum(1 for c in config.services.values() if c.port is None))
         self.services: dict[str, Service] = {}
         wanted = policy.closure(only or list(config.services), self.depends())
-        for name, cfg in config.services.items():
+        self._add(list(config.services), wanted)
+
+    def _add(self, names: list[str], wanted: set[str]) -> None:
+        cfgs = [self.config.services[n] for n in names]
+        ports = procs.free_ports(sum(1 for c in cfgs if c.port is None))
+        for cfg in cfgs:
             port = cfg.port if cfg.port is not None else ports.pop()
-            self.services[name] = Service(config=cfg, port=port, wanted=name in wanted)
+            self.services[cfg.name] = Service(config=cfg, port=port, wanted=cfg.name in wanted)
             if cfg.command is not None:
-                host.logs.open(name)
+                self.host.logs.open(cfg.name)
         self._urls = {
             f"DEVMESH_{env_name(s.name)}_URL": f"http://localhost:{s.port}"
             for s in self.services.values()
         }
+
+    def apply(self, config: Config, change: ConfigDiff) -> None:
+        """Run `config` from now on: start what was added, restart what changed, stop what
+        was removed; leave everything else alone."""
+        self.config = config
+        self._add(list(change.added), set(change.added))
+        restart = set(change.changed)
+        if change.env_changed:
+            restart |= {n for n, c in config.services.items() if c.command is not None}
+        for name in restart - set(change.added):
+            svc = self.services[name]
+            cfg = config.services[name]
+            if cfg.port is not None:
+                svc.port = cfg.port
+            svc.config = cfg
+            svc.history.clear()
+            if svc.state in (S.STARTING, S.RUNNING, S.STOPPING):
+                svc.restart_after_stop = True
+                self.stop(svc)
+            elif svc.state in (S.EXITED, S.FAILED, S.BACKOFF) and svc.wanted:
+                svc.to(S.STOPPED)  # the new config gets its chance; advance() starts it
+        for name in change.removed:
+            svc = self.services[name]
+            svc.removing = True
+            svc.user_stopped = True
+            if svc.state in (S.STARTING, S.RUNNING):
+                self.stop(svc)
+            elif svc.state is not S.STOPPING:
+                del self.services[name]
+        # Config order, then what is still stopping.
+        order = [n for n in config.services] + [
+            n for n in self.services if n not in config.services
+        ]
+        self.services = {n: self.services[n] for n in order if n in self.services}
+        self.dirty = True
 
     def __getitem__(self, name: str) -> Service:
         return self.services[name]
@@ -310,7 +350,9 @@ class ServiceSet:
         svc.to(S.STOPPED, "stopped by user" if svc.user_stopped else "")  # STOPPING -> STOPPED
         what = f" ({policy.describe_exit(last)})" if last else ""
         self.host.logs.system(f"{svc.name} stopped{what}", svc.name)
-        if svc.restart_after_stop and not self.host.shutting_down:
+        if svc.removing:
+            del self.services[svc.name]
+        elif svc.restart_after_stop and not self.host.shutting_down:
             svc.restart_after_stop = False
             svc.wanted = True  # started again by advance(), once its dependencies allow
         self.dirty = True

@@ -10,9 +10,15 @@ from devmesh.supervisor import procs
 
 
 def preflight(config: Config, names: Iterable[str]) -> list[str]:
-    """Missing programs and taken ports among the services that would start."""
+    """A taken proxy port, and missing programs and taken ports among the services to start."""
     errors: list[str] = []
     file = config.path.name
+    who = procs.port_holder(config.proxy.port)
+    if who is not None:
+        errors.append(
+            f"{file}: proxy.port: port {config.proxy.port} is already in use by {who}; "
+            "stop that process or set [proxy] port to another port"
+        )
     for name in names:
         svc = config.services[name]
         where = f"{file}:{svc.line}" if svc.line else file

@@ -35,6 +35,7 @@ class Service:
     wanted: bool = False  # should run: part of `up`, or started by the user
     user_stopped: bool = False  # stopped by the user: never restarted on its own
     restart_after_stop: bool = False  # `devmesh restart`: start again once stopped
+    removing: bool = False  # gone from the config: forgotten once stopped
     ever_started: bool = False
     started_at: float = 0.0  # monotonic
     started_wall: float = 0.0  # time.time(), for display

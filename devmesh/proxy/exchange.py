@@ -1,0 +1,67 @@
+"""One request and its response: the only object the data path creates per request.
+
+The client side (`client.py`) creates it when a request's headers are complete, the upstream
+side (`upstream.py`) fills in the response, and it is dropped when both are done. No logic.
+The defaults live on the class, so creating one sets only the few fields a request changes
+(about half the cost of assigning every slot).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from devmesh.proxy.client import ClientProtocol
+    from devmesh.proxy.router import Target
+    from devmesh.proxy.upstream import UpstreamConn
+
+# How the request body is framed.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+
+
+class Exchange:
+    """A request in flight (or queued behind a pipelined one) and the state of its response."""
+
+    target: Target | None = None
+    head = b""  # the request head for the backend
+    host = b""  # the client's Host, for the 404 page
+    accept = b""  # the client's Accept, for the proxy's own pages (JSON or HTML)
+    keep_alive = True  # the client's connection stays open after this exchange
+    http10 = False
+    is_head = False
+    upgrade = False
+    body_kind = NO_BODY
+    body_left = 0  # Content-Length bytes not yet received
+    # Bytes for the backend that arrived before a connection to it was attached.
+    pending: list[bytes] | None = None
+    pending_size = 0
+    upstream: UpstreamConn | None = None
+    # 0: proxied; else the status of the proxy's own answer (403, 404, 503, ...).
+    local = 0
+    local_detail = ""
+    req_done = False  # the whole request has been received from the client
+    resp_started = False  # the final response head went to the client
+    resp_done = False
+    chunk_out = False  # the proxy chunks the response body for the client
+    close_after = False  # the client connection closes after this response
+    retried = False
+    dead = False  # the client went away
+
+    def __init__(self, client: ClientProtocol, method: bytes, trace: bytes) -> None:
+        self.client = client
+        self.method = method
+        self.trace = trace
+
+    @property
+    def retryable(self) -> bool:
+        """May be sent again on a fresh connection if a pooled one failed before answering."""
+        return not self.retried and self.body_kind == NO_BODY and self.method in IDEMPOTENT
+
+    @property
+    def as_json(self) -> bool:
+        """The client prefers JSON (`Accept: application/json`) for the proxy's own pages."""
+        return b"application/json" in self.accept

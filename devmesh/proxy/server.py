@@ -1,0 +1,200 @@
+"""The proxy in one process: a listening socket, its client connections, backend pools, timers.
+
+`ProxyServer` is what the proxy worker role and the tests run; `serve()` is the short form.
+Everything here runs on the event loop's thread; nothing blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Protocol
+
+from devmesh.proxy.client import ClientProtocol
+from devmesh.proxy.headers import TraceIds
+from devmesh.proxy.ingress import LAN_ACCESS
+from devmesh.proxy.router import Router
+from devmesh.proxy.table import RouteTable
+from devmesh.proxy.upstream import Pool
+
+if TYPE_CHECKING:
+    from devmesh.proxy.tunnel import Tunnel
+
+log = logging.getLogger("devmesh.proxy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The proxy's knobs (from `Configure.settings`; unknown keys are ignored)."""
+
+    proxy_port: int = 8080
+    lan_access: str = "peers"  # "peers" | "any" | "none"
+    header_timeout: float = 10.0  # a request's headers must be complete within this
+    keepalive_timeout: float = 75.0  # an idle client connection is closed after this
+    max_header: int = 64 * 1024  # total header bytes (431 above)
+    max_url: int = 8 * 1024  # request-target bytes (414 above)
+    pool_max_idle: int = 64  # idle connections kept per backend
+    pool_idle_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    grace: float = 5.0  # how long a stop waits for requests in flight
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> Settings:
+        """Settings from a `Configure.settings` dict."""
+        known = {f.name for f in fields(cls)}
+        result = cls(**{k: v for k, v in settings.items() if k in known})
+        if result.lan_access not in LAN_ACCESS:
+            raise ValueError(f"lan_access: {result.lan_access!r} is not one of {LAN_ACCESS}")
+        return result
+
+
+class _Writer(Protocol):
+    def flush(self) -> None: ...
+
+
+class ProxyServer:
+    """All proxy state of one process; the protocols reach it through `self.server`."""
+
+    def __init__(self, settings: Settings, table: RouteTable | None = None) -> None:
+        self.settings = settings
+        self.log = log
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.router = Router(table or RouteTable(version=0, proxy_port=settings.proxy_port))
+        self.pools: dict[tuple[str, int], Pool] = {}
+        self.connections: set[ClientProtocol] = set()
+        self.tunnels: set[Tunnel] = set()
+        # Protocols with queued output: flushed once at the end of each callback, so a
+        # response head and its body leave in one write.
+        self.dirty: list[_Writer] = []
+        self.trace_ids = TraceIds()
+        self.closing = False
+        self.now = 0.0  # the loop's clock, read once per tick: timeouts need no better
+        self.refused = 0  # requests refused by the LAN policy
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Event | None = None
+
+    # ---- lifecycle ----
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on an already listening socket (bound by the parent, maybe shared)."""
+        self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time()
+        sock.setblocking(False)
+        server = await self.loop.create_server(lambda: ClientProtocol(self), sock=sock)
+        self._servers.append(server)
+        if self._tick_handle is None:
+            self._tick_handle = self.loop.call_later(self._tick_period(), self._tick)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish (bounded), close the rest."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for conn in list(self.connections):
+            conn.shutdown()
+        self.flush()
+        for pool in self.pools.values():
+            pool.close()
+        if self.connections or self.tunnels:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._drained.wait(), self.settings.grace if grace is None else grace
+                )
+        for conn in list(self.connections):
+            conn.transport.abort()
+        for tunnel in list(self.tunnels):
+            tunnel.close()
+        for pool in self.pools.values():
+            pool.close()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    # ---- the route table ----
+
+    def set_table(self, table: RouteTable) -> None:
+        """Install a new route table. Requests in flight keep the targets they were given."""
+        if table.version < self.router.table.version:
+            return  # an older snapshot arriving late
+        self.router = Router(table)
+        keys = {t.key for t in self.router.targets if t.key is not None}
+        for key in [k for k in self.pools if k not in keys]:
+            self.pools.pop(key).close()
+
+    def pool(self, key: tuple[str, int]) -> Pool:
+        """The connection pool for one backend address."""
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(self, key)
+        return pool
+
+    # ---- called by the protocols ----
+
+    def flush(self) -> None:
+        """Write everything the callback that is ending queued."""
+        dirty = self.dirty
+        if dirty:
+            for writer in dirty:
+                writer.flush()
+            dirty.clear()
+
+    def forget(self, conn: ClientProtocol) -> None:
+        """A client connection closed."""
+        self.connections.discard(conn)
+        self._check_drained()
+
+    def upgraded(self, conn: ClientProtocol) -> None:
+        """A client connection became a tunnel."""
+        self.connections.discard(conn)
+
+    def tunnel_opened(self, tunnel: Tunnel) -> None:
+        """A tunnel started."""
+        self.tunnels.add(tunnel)
+
+    def tunnel_closed(self, tunnel: Tunnel) -> None:
+        """A tunnel ended."""
+        self.tunnels.discard(tunnel)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self.connections and not self.tunnels:
+            self._drained.set()
+
+    # ---- timers ----
+
+    def _tick_period(self) -> float:
+        s = self.settings
+        return max(0.05, min(1.0, s.header_timeout / 4, s.keepalive_timeout / 4))
+
+    def _tick(self) -> None:
+        """One timer for every connection's timeouts and the pools' idle limits."""
+        now = self.now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check(now)
+        for pool in self.pools.values():
+            pool.sweep(now)
+        self.flush()
+        self._tick_handle = self.loop.call_later(self._tick_period(), self._tick)
+
+
+async def serve(
+    sock: socket.socket,
+    table: RouteTable,
+    settings: Settings | None = None,
+    stop: asyncio.Event | None = None,
+) -> ProxyServer:
+    """Serve `table` on `sock` until `stop` is set (forever without one), then shut down."""
+    server = ProxyServer(settings or Settings(proxy_port=table.proxy_port), table)
+    await server.start(sock)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await server.shutdown()
+    return server

@@ -1,0 +1,200 @@
+"""Routing is pure: Host normalisation, path prefixes, and the choice between them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from devmesh.proxy.router import (
+    HOST_CACHE_SIZE,
+    Router,
+    normalize_host,
+    prefix_matches,
+    request_path,
+    route_prefix,
+    service_name,
+)
+from devmesh.proxy.table import RouteTable, ServiceRoute, Upstream
+
+label = st.from_regex(r"[a-z][a-z0-9-]{0,14}", fullmatch=True)
+
+
+def svc(name: str, port: int | None = 1000, **kw: object) -> ServiceRoute:
+    """A service route (upstream on 127.0.0.1:`port`)."""
+    up = Upstream("127.0.0.1", port) if port is not None else None
+    return ServiceRoute(name, up, "running", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [
+        ("api", "api"),
+        ("api.localhost", "api"),
+        ("api:8080", "api"),
+        ("API.localhost.", "api"),
+        ("Api.LOCALHOST.:8080", "api"),
+        ("api.localhost:", "api"),
+        ("  api  ", "api"),
+        ("[::1]:8080", "[::1]"),
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("localhost", "localhost"),
+        ("a.b.localhost", "a.b"),
+    ],
+)
+def test_service_name_examples(host: str, name: str) -> None:
+    assert service_name(host) == name
+
+
+@given(
+    name=label,
+    port=st.one_of(st.none(), st.integers(0, 65535)),
+    suffix=st.booleans(),
+    dot=st.booleans(),
+    case=st.lists(st.booleans(), min_size=30, max_size=30),
+)
+def test_service_name_ignores_case_port_dot_and_localhost(
+    name: str, port: int | None, suffix: bool, dot: bool, case: list[bool]
+) -> None:
+    host = name + (".localhost" if suffix else "") + ("." if dot else "")
+    host = "".join(c.upper() if up else c for c, up in zip(host, case * 2, strict=False))
+    if port is not None:
+        host += f":{port}"
+    assert service_name(host) == name
+    assert normalize_host(host) == name + (".localhost" if suffix else "")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        ("/api/*", "/api"),
+        ("/api", "/api"),
+        ("/api/", "/api"),
+        ("/", ""),
+        ("/*", ""),
+        ("api", "/api"),
+    ],
+)
+def test_route_prefix(pattern: str, prefix: str) -> None:
+    assert route_prefix(pattern) == prefix
+
+
+segments = st.lists(st.from_regex(r"[a-zA-Z0-9._~-]{1,8}", fullmatch=True), min_size=1, max_size=4)
+
+
+@given(prefix=segments, rest=st.lists(st.from_regex(r"[a-z0-9]{0,6}", fullmatch=True), max_size=3))
+def test_prefix_matches_on_segment_boundaries(prefix: list[str], rest: list[str]) -> None:
+    p = ("/" + "/".join(prefix)).encode()
+    assert prefix_matches(p, p)
+    assert prefix_matches(p + b"/", p)
+    assert prefix_matches(p + b"/" + "/".join(rest).encode(), p)
+    assert prefix_matches(p + b"?q=1", p)
+    assert not prefix_matches(p + b"x", p)  # /api does not take /apix
+    assert not prefix_matches(p[:-1], p)
+    assert prefix_matches(p, b"")  # the empty prefix ("/") takes everything
+
+
+def test_request_path() -> None:
+    assert request_path(b"/a/b?x=/c") == b"/a/b"
+    assert request_path(b"/a") == b"/a"
+
+
+def test_router_longest_prefix_then_host() -> None:
+    table = RouteTable(
+        1,
+        8080,
+        (
+            svc("web", routes=("/",)),
+            svc("api", routes=("/api/*",), aliases=("backend",)),
+            svc("admin", routes=("/api/admin",)),
+            svc("docs"),
+        ),
+    )
+    r = Router(table)
+    assert r.resolve(b"web.localhost:8080", b"/api/x").name == "api"  # type: ignore[union-attr]
+    assert r.resolve(b"docs", b"/api/admin/users").name == "admin"  # type: ignore[union-attr]
+    assert r.resolve(b"docs", b"/api").name == "api"  # type: ignore[union-attr]
+    assert r.resolve(b"docs", b"/apix").name == "web"  # type: ignore[union-attr]
+    assert r.resolve(b"anything", b"/index.html").name == "web"  # type: ignore[union-attr]
+    r2 = Router(
+        RouteTable(1, 8080, (svc("api", routes=("/api",), aliases=("backend",)), svc("docs")))
+    )
+    assert r2.resolve(b"docs", b"/x").name == "docs"  # type: ignore[union-attr]
+    assert r2.resolve(b"BACKEND.localhost", b"/x").name == "api"  # type: ignore[union-attr]
+    assert r2.resolve(b"nope", b"/x") is None
+    assert r2.resolve(b"", b"/x") is None
+
+
+def test_names_beat_aliases_and_first_claim_wins() -> None:
+    r = Router(
+        RouteTable(
+            1,
+            8080,
+            (svc("a", 1, aliases=("b",), routes=("/x",)), svc("b", 2, routes=("/x",))),
+        )
+    )
+    assert r.resolve(b"b", b"/").name == "b"  # type: ignore[union-attr]
+    assert r.resolve(b"b", b"/x/1").name == "a"  # type: ignore[union-attr]
+
+
+def test_targets_carry_the_host_line_and_pool_key() -> None:
+    r = Router(
+        RouteTable(
+            1,
+            9000,
+            (
+                svc("c", 1),
+                svc("k", 2, host_header="keep"),
+                svc("f", 3, host_header="localhost:5173"),
+                svc("d", None),
+            ),
+        )
+    )
+    assert r.get("c").host_line == b"Host: c.localhost:9000\r\n"  # type: ignore[union-attr]
+    assert r.get("k").host_line is None  # type: ignore[union-attr]
+    assert r.get("f").host_line == b"Host: localhost:5173\r\n"  # type: ignore[union-attr]
+    assert r.get("d").key is None  # type: ignore[union-attr]
+    assert r.get("c").key == ("127.0.0.1", 1)  # type: ignore[union-attr]
+    assert r.get("c").url == "http://c.localhost:9000/"  # type: ignore[union-attr]
+
+
+def test_host_cache_is_bounded() -> None:
+    r = Router(RouteTable(1, 8080, (svc("api"),)))
+    for i in range(HOST_CACHE_SIZE * 3):
+        assert r.resolve(b"h%d" % i, b"/") is None
+    assert len(r._host_cache) <= HOST_CACHE_SIZE
+    assert r.resolve(b"api", b"/") is r.resolve(b"API:1", b"/")
+
+
+@given(
+    names=st.lists(label, min_size=1, max_size=5, unique=True),
+    routes=st.lists(st.lists(segments, max_size=2), min_size=5, max_size=5),
+    host_pick=st.integers(0, 10),
+    path=st.lists(st.from_regex(r"[a-z0-9]{1,4}", fullmatch=True), max_size=4),
+)
+def test_router_matches_a_brute_force_model(
+    names: list[str], routes: list[list[list[str]]], host_pick: int, path: list[str]
+) -> None:
+    services = []
+    for i, name in enumerate(names):
+        prefixes = tuple("/" + "/".join(r) + "/*" for r in routes[i])
+        services.append(svc(name, 1000 + i, routes=prefixes))
+    r = Router(RouteTable(1, 8080, tuple(services)))
+    host = names[host_pick % len(names)] if host_pick < 8 else "unknown-host"
+    target = ("/" + "/".join(path)).encode()
+    # the model: every (prefix, service) in config order, the longest matching prefix wins,
+    # the first service to claim a prefix keeps it; else the Host
+    best: tuple[int, str] | None = None
+    claimed: set[str] = set()
+    for s in services:
+        for p in s.routes:
+            pre = p[:-2]
+            if pre in claimed:
+                continue
+            claimed.add(pre)
+            t = target.decode()
+            if (t == pre or t.startswith(pre + "/")) and (best is None or len(pre) > best[0]):
+                best = (len(pre), s.name)
+    expected = best[1] if best else (host if host in names else None)
+    found = r.resolve(host.encode(), target)
+    assert (found.name if found else None) == expected
