@@ -132,3 +132,53 @@ def test_stalled_client_and_stalled_backend_push_back(tmp_path: Path) -> None:
         assert max(samples) < RSS_LIMIT
         # the stalls showed: while nobody moved, the proxy did not grow by the body
         assert max(samples) - min(samples) < 24 * MiB
+
+
+def test_tunnel_pushes_back_both_ways(tmp_path: Path) -> None:
+    """After a 101, bytes flow raw; a side that stops reading stops the other (bounded memory)."""
+    size = 96 * MiB
+
+    def sink(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\n"
+        )
+        time.sleep(1.0)  # not reading: the proxy must stop reading from the client
+        got = 0
+        while got < size:
+            piece = conn.recv(MiB)
+            if not piece:
+                break
+            got += len(piece)
+        conn.sendall(b"%d\n" % got)
+        # then the other way: the client stalls, the backend pushes
+        block = _REF[:MiB]
+        for _ in range(size // MiB):
+            conn.sendall(block)
+
+    with (
+        RawBackend(sink) as raw,
+        ProxyProc(tmp_path, [service("raw", raw.port)]) as proxy,
+        rss_sampler(proxy.pid) as samples,
+        proxy.raw(timeout=30) as sock,
+    ):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: raw\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\n")
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert head.endswith(b"\r\n\r\n")  # nothing else came yet
+        block = _REF[:MiB]
+        for _ in range(size // MiB):
+            sock.sendall(block)
+        line = b""
+        while not line.endswith(b"\n"):
+            line += sock.recv(1)
+        assert int(line) == size
+        time.sleep(1.0)  # not reading now
+        got = 0
+        while got < size:
+            piece = sock.recv(MiB)
+            assert piece
+            got += len(piece)
+        assert got == size
+    assert max(samples) < RSS_LIMIT
+    assert max(samples) - min(samples) < 24 * MiB

@@ -21,6 +21,9 @@ from tests.proxy_helpers import (
 
 HEADER_TIMEOUT = 1.0
 KEEPALIVE_TIMEOUT = 1.5
+# The proxy checks timeouts on a tick (a quarter of the shortest timeout here) with a clock read
+# once per tick, so a timeout fires up to one tick early or late.
+TICK = min(HEADER_TIMEOUT, KEEPALIVE_TIMEOUT) / 4
 
 
 @pytest.fixture
@@ -190,8 +193,7 @@ def test_slowloris_gets_408_within_the_bound(proxy: ProxyProc) -> None:
         answer = recv_all(sock)
         elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408")
-    # the timeout, plus at most one tick of the clock and the tick period
-    assert HEADER_TIMEOUT <= elapsed < HEADER_TIMEOUT + 1.0
+    assert HEADER_TIMEOUT - TICK <= elapsed < HEADER_TIMEOUT + 2 * TICK + 0.5
 
 
 def test_idle_connections_are_closed(proxy: ProxyProc) -> None:
@@ -203,8 +205,8 @@ def test_idle_connections_are_closed(proxy: ProxyProc) -> None:
         fresh_closed = time.monotonic() - started
         assert recv_all(used) == b""  # idle keep-alive: closed after its timeout
         used_closed = time.monotonic() - started
-    assert HEADER_TIMEOUT - 0.1 <= fresh_closed < HEADER_TIMEOUT + 1.0
-    assert KEEPALIVE_TIMEOUT - 0.1 <= used_closed < KEEPALIVE_TIMEOUT + 1.0
+    assert HEADER_TIMEOUT - TICK <= fresh_closed < HEADER_TIMEOUT + 2 * TICK + 0.5
+    assert KEEPALIVE_TIMEOUT - TICK <= used_closed < KEEPALIVE_TIMEOUT + 2 * TICK + 0.5
 
 
 def test_many_garbage_connections_at_once(proxy: ProxyProc) -> None:
@@ -227,13 +229,13 @@ def test_client_that_never_reads_does_not_grow_the_proxy(proxy: ProxyProc) -> No
         sock.setblocking(False)
         request = b"GET /bytes/1000000 HTTP/1.1\r\nHost: api\r\n\r\n"
         sent = 0
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             try:
                 sent += sock.send(request * 100)
             except BlockingIOError:
                 time.sleep(0.05)
         sock.setblocking(True)
-    # ~300 requests of 1 MB each were asked for; the proxy held on to a few MB at most
-    assert sent > 10 * len(request)
+    # hundreds of 1 MB responses were asked for; the proxy held on to a few MB at most
+    assert sent > 100 * len(request)
     assert proxy.rss() - before < 32 * 1024 * 1024

@@ -61,6 +61,7 @@ async def _main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
     def reload() -> None:
+        """SIGHUP: read the table file again and install it."""
         server.set_table(table_from_json(json.loads(path.read_text())))
         print(json.dumps({"reloaded": server.router.table.version}), flush=True)
 

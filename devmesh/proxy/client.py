@@ -3,12 +3,7 @@
 httptools parses requests; each request becomes an `Exchange` when its headers are complete.
 Requests are answered strictly in order: the first is the active one, pipelined ones wait in a
 queue (reading pauses while they wait, so the queue holds at most one read's worth of bytes).
-The upstream side calls back `response_complete` and `upstream_failed`.
-
-Flow control: reading from the client pauses while the backend's transport is above its high
-water mark (`UPSTREAM`), while a request is queued (`PIPELINE`), while bytes wait for a
-connection (`BUFFER`) or an upgrade answer (`UPGRADE`); writing to the client above its high
-water mark pauses reading from the backend (`pause_writing`).
+The upstream side calls back `response_complete` and `upstream_failed`. Flow control: `flow.py`.
 
 The common request runs through `data_received`, `on_url`, `RequestHead.add` per header,
 `on_headers_complete` and `on_message_complete`, and nothing else: the parser has no
@@ -26,8 +21,10 @@ import httptools
 
 from devmesh.proxy import pages
 from devmesh.proxy.exchange import CHUNKED, LENGTH, NO_BODY, Exchange
+from devmesh.proxy.flow import BUFFER, PIPELINE, UPGRADE, UPSTREAM, ReadGate
 from devmesh.proxy.headers import HeadersTooLarge, RequestHead
 from devmesh.proxy.ingress import admits
+from devmesh.proxy.outbox import Outbox
 from devmesh.proxy.router import absolute_form
 
 if TYPE_CHECKING:
@@ -41,16 +38,8 @@ HEAD = 1  # a request line or headers are arriving
 BODY = 2  # the headers are complete, the body is arriving
 CLOSED = 3  # nothing more is parsed (upgrade, error, lingering close)
 
-# Reasons reading from the client is paused (a bit mask).
-UPSTREAM = 1
-PIPELINE = 2
-BUFFER = 4
-UPGRADE = 8
-
 # The proxy's own answers after which the connection closes.
 CLOSING_ERRORS = frozenset((400, 405, 408, 414, 431, 500, 501))
-# Bytes held for a backend that is not connected yet before reading pauses.
-PENDING_LIMIT = 256 * 1024
 # After an answer that leaves a request body unread: how long unread bytes are drained, so
 # that closing does not reset the connection before the client has read the answer.
 LINGER = 2.0
@@ -65,14 +54,13 @@ class Reject(Exception):
         self.message = message
 
 
-class ClientProtocol(asyncio.Protocol):
+class ClientProtocol(Outbox):
     """One client connection: parse requests, route them, relay responses in order."""
 
     def __init__(self, server: ProxyServer) -> None:
         # Per connection.
-        self.server = server
+        super().__init__(server)
         self.settings = server.settings
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.head = RequestHead(server.settings.max_header)  # reused for every request
         # The parser hands headers straight to the head (one call per header, not two).
         self.on_header = self.head.add
@@ -83,10 +71,9 @@ class ClientProtocol(asyncio.Protocol):
         self.phase = IDLE
         self.since = 0.0  # when the current phase began (server clock, for timeouts)
         self.served = 0
-        self.blocked = 0
+        self.gate: ReadGate = None  # type: ignore[assignment]
         self.write_paused = False
         self.closing = False  # finish what is in flight, then close
-        self.wbuf: list[bytes] = []
         self.active: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.linger: asyncio.TimerHandle | None = None
@@ -96,7 +83,7 @@ class ClientProtocol(asyncio.Protocol):
         self.url = b""
         self.head_bytes = 0
         self.parsing: Exchange | None = None
-        self.last: Exchange | None = None
+        self.last: Exchange | None = None  # the last upgrade request
         self.raw_left = 0  # Content-Length bytes relayed without the parser
 
     # ---- asyncio.Protocol ----
@@ -105,6 +92,7 @@ class ClientProtocol(asyncio.Protocol):
         """Note the peer (for X-Forwarded-For and the LAN policy) and start the header clock."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.gate = ReadGate(self.transport)
         server = self.server
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else None
@@ -221,7 +209,6 @@ class ClientProtocol(asyncio.Protocol):
         host = head.host
         if url[0] != 47:  # not "/...": absolute-form, authority-form or "*"
             url, host = absolute_form(url, host)
-        ex.host = host
         if head.rare or method == b"CONNECT" or head.hosts != 1 or not self.admitted:
             self._unusual(ex, host)
         if not ex.local:
@@ -233,6 +220,7 @@ class ClientProtocol(asyncio.Protocol):
                 target = router.host_only.get(host) or router.resolve(host, url)
                 if target is None:
                     ex.local = 404
+                    ex.host = host  # for the page
                 elif target.key is None:
                     ex.target = target
                     ex.local = 503
@@ -241,19 +229,19 @@ class ClientProtocol(asyncio.Protocol):
                     ex.head = head.build(
                         method, url, target.host_line, self.client_ip, ex.trace, ex.upgrade
                     )
-        self.parsing = self.last = ex
+        self.parsing = ex
         if self.active is None:
             self._activate(ex)
         else:
             self.queue.append(ex)
-            self._block(PIPELINE)
+            self.gate.block(PIPELINE)
 
     def on_body(self, body: bytes) -> None:
         """Part of the request body (de-chunked by the parser)."""
         ex = self.parsing
         if ex is not None:
             ex.body_left -= len(body)
-            self._body(ex, body)
+            ex.body(body)
 
     def on_message_complete(self) -> None:
         """The request is fully received."""
@@ -266,7 +254,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         ex.req_done = True
         if ex.body_kind == CHUNKED:
-            self._send(ex, b"0\r\n\r\n")
+            ex.send(b"0\r\n\r\n")
         if ex.local and ex is self.active and not ex.resp_done:
             self._answer_local(ex)
 
@@ -275,19 +263,18 @@ class ClientProtocol(asyncio.Protocol):
     def _unusual(self, ex: Exchange, host: bytes) -> None:
         """Everything a plain request does not need: policy, upgrades, odd framing."""
         head = self.head
-        parser = self.parser
+        if head.chunked:
+            ex.body_kind = CHUNKED
+        if self.parser.should_upgrade():
+            self.last = ex  # for `_upgraded`, after the parser stops
+            ex.upgrade = True
+            ex.keep_alive = False  # after the upgrade, the parser is done with this connection
         if not self.admitted:
             self.server.refused += 1
             self._local(ex, 403, "this proxy serves this machine only (lan_access)")
-            return
-        if head.chunked:
-            ex.body_kind = CHUNKED
-        if parser.should_upgrade():
-            ex.upgrade = True
-            ex.keep_alive = False  # after the upgrade, the parser is done with this connection
-            if ex.method == b"CONNECT":
-                self._local(ex, 405, "CONNECT is not supported")
-        if head.hosts > 1:
+        elif ex.method == b"CONNECT":
+            self._local(ex, 405, "CONNECT is not supported")
+        elif head.hosts > 1:
             self._local(ex, 400, "more than one Host header")
         elif head.te_other:
             self._local(ex, 501, "transfer codings other than chunked are not supported")
@@ -325,32 +312,6 @@ class ClientProtocol(asyncio.Protocol):
                 return
         pool.connect(ex)
 
-    def _body(self, ex: Exchange, data: bytes) -> None:
-        if ex.local:
-            return  # answered here: the body goes nowhere
-        if ex.body_kind == CHUNKED:
-            self._send(ex, b"%x\r\n" % len(data))
-            self._send(ex, data)
-            self._send(ex, b"\r\n")
-        else:
-            self._send(ex, data)
-
-    def _send(self, ex: Exchange, data: bytes) -> None:
-        """Bytes for the backend: now if connected, else held (reading pauses past a limit)."""
-        up = ex.upstream
-        if up is not None:
-            up.emit(data)
-            return
-        if ex.local:
-            return
-        if ex.pending is None:
-            ex.pending = [data]
-        else:
-            ex.pending.append(data)
-        ex.pending_size += len(data)
-        if ex.pending_size > PENDING_LIMIT:
-            self._block(BUFFER)
-
     def _raw_body(self, data: bytes) -> bytes:
         """Relay Content-Length body bytes without the parser; return what follows the body."""
         n = self.raw_left
@@ -359,11 +320,11 @@ class ClientProtocol(asyncio.Protocol):
         if len(data) < n:
             self.raw_left = n - len(data)
             ex.body_left = self.raw_left
-            self._body(ex, data)
+            ex.body(data)
             return b""
         self.raw_left = 0
         ex.body_left = 0
-        self._body(ex, data if len(data) == n else data[:n])
+        ex.body(data if len(data) == n else data[:n])
         # The old parser still waits for this body; the next request needs a fresh one.
         self.parser = httptools.HttpRequestParser(self)
         self.on_message_complete()
@@ -394,8 +355,8 @@ class ClientProtocol(asyncio.Protocol):
                 ex.close_after = True
             return
         if rest:
-            self._send(ex, rest)  # early bytes of the new protocol, after the request head
-        self._block(UPGRADE)  # until the backend switches (or refuses)
+            ex.send(rest)  # early bytes of the new protocol, after the request head
+        self.gate.block(UPGRADE)  # until the backend switches (or refuses)
 
     def _callback_error(self, cause: BaseException | None) -> None:
         if isinstance(cause, Reject):
@@ -432,7 +393,7 @@ class ClientProtocol(asyncio.Protocol):
             self._activate(err)
         else:
             self.queue.append(err)
-            self._block(PIPELINE)
+            self.gate.block(PIPELINE)
 
     # ---- answers ----
 
@@ -452,7 +413,7 @@ class ClientProtocol(asyncio.Protocol):
         if ex.chunk_out:
             self.emit(b"0\r\n\r\n")
         ex.resp_done = True
-        if ex.close_after or not ex.req_done or self.queue or self.blocked or self.closing:
+        if ex.close_after or not ex.req_done or self.queue or self.gate.reasons or self.closing:
             self._finish(ex)
             return
         # `_finish` for the usual case: keep-alive, nothing queued, nothing paused.
@@ -482,36 +443,17 @@ class ClientProtocol(asyncio.Protocol):
         if queue:
             nxt = queue.popleft()
             if not queue:
-                self._unblock(PIPELINE)
+                self.gate.unblock(PIPELINE)
             self._activate(nxt)
             return
-        if self.blocked:
-            self._unblock(PIPELINE)
+        if self.gate.reasons:
+            self.gate.unblock(PIPELINE)
         if self.phase == IDLE:
             self.since = self.server.now
         if self.closing:
             self.close()
 
     # ---- writing and closing ----
-
-    def emit(self, data: bytes) -> None:
-        """Queue bytes for the client; they go out in one write when the callback ends."""
-        if not self.wbuf:
-            self.server.dirty.append(self)
-        self.wbuf.append(data)
-
-    def flush(self) -> None:
-        """Write what `emit` queued."""
-        buf = self.wbuf
-        if not buf:
-            return
-        transport = self.transport
-        if not transport.is_closing():
-            if len(buf) == 1:
-                transport.write(buf[0])
-            else:
-                transport.writelines(buf)
-        buf.clear()
 
     def close(self) -> None:
         """Write what is queued, then close."""
@@ -532,31 +474,19 @@ class ClientProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         transport.write_eof()
-        self.blocked = 0
-        transport.resume_reading()
+        self.gate.open()
         self.linger = self.server.loop.call_later(LINGER, transport.close)
-
-    def _block(self, reason: int) -> None:
-        if not self.blocked:
-            self.transport.pause_reading()
-        self.blocked |= reason
-
-    def _unblock(self, reason: int) -> None:
-        if self.blocked & reason:
-            self.blocked &= ~reason
-            if not self.blocked:
-                self.transport.resume_reading()
 
     def upstream_paused(self, paused: bool) -> None:
         """The backend's transport went above (True) or below (False) its high water mark."""
         if paused:
-            self._block(UPSTREAM)
+            self.gate.block(UPSTREAM)
         else:
-            self._unblock(UPSTREAM)
+            self.gate.unblock(UPSTREAM)
 
     def attached(self) -> None:
         """Bytes held for the backend went out: reading may go on."""
-        self._unblock(BUFFER)
+        self.gate.unblock(BUFFER)
 
     # ---- timeouts and shutdown ----
 

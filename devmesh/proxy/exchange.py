@@ -1,14 +1,17 @@
 """One request and its response: the only object the data path creates per request.
 
 The client side (`client.py`) creates it when a request's headers are complete, the upstream
-side (`upstream.py`) fills in the response, and it is dropped when both are done. No logic.
-The defaults live on the class, so creating one sets only the few fields a request changes
-(about half the cost of assigning every slot).
+side (`upstream.py`) fills in the response, and it is dropped when both are done. It forwards
+request body bytes to its backend connection, or holds them until there is one. The defaults
+live on the class, so creating one sets only the few fields a request changes (about half the
+cost of assigning every slot).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from devmesh.proxy.flow import BUFFER
 
 if TYPE_CHECKING:
     from devmesh.proxy.client import ClientProtocol
@@ -19,6 +22,9 @@ if TYPE_CHECKING:
 NO_BODY = 0
 LENGTH = 1
 CHUNKED = 2
+
+# Bytes held for a backend that is not connected yet before reading from the client pauses.
+PENDING_LIMIT = 256 * 1024
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
@@ -65,3 +71,30 @@ class Exchange:
     def as_json(self) -> bool:
         """The client prefers JSON (`Accept: application/json`) for the proxy's own pages."""
         return b"application/json" in self.accept
+
+    def body(self, data: bytes) -> None:
+        """Request body bytes (de-chunked): framed again if the request was chunked."""
+        if self.local:
+            return  # answered by the proxy: the body goes nowhere
+        if self.body_kind == CHUNKED:
+            self.send(b"%x\r\n" % len(data))
+            self.send(data)
+            self.send(b"\r\n")
+        else:
+            self.send(data)
+
+    def send(self, data: bytes) -> None:
+        """Bytes for the backend: now if connected, else held (reading pauses past a limit)."""
+        up = self.upstream
+        if up is not None:
+            up.emit(data)
+            return
+        if self.local:
+            return
+        if self.pending is None:
+            self.pending = [data]
+        else:
+            self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > PENDING_LIMIT:
+            self.client.gate.block(BUFFER)

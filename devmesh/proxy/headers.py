@@ -173,7 +173,10 @@ class RequestHead:
         trace: bytes,
         upgrade: bool,
     ) -> bytes:
-        """The request head for the backend (HTTP/1.1, ends with the blank line)."""
+        """The request head for the backend (HTTP/1.1, ends with the blank line).
+
+        Called once per request: it may use up what `add` collected (until `reset`).
+        """
         host = self.host
         if not self.rare and host:
             # The usual request: no header that needs more than copying, and a Host. The
@@ -395,7 +398,8 @@ class ResponseHead:
     ) -> bytes:
         """The head for the client: `status` is its status line; `chunk`: the proxy chunks the
         body; `close`: the connection closes after it; `keep_alive_10`: an HTTP/1.0 client
-        asked to keep it open; `switching`: a 101 whose Upgrade is passed on."""
+        asked to keep it open; `switching`: a 101 whose Upgrade is passed on. Called once per
+        response: it may use up what `add` collected (until `reset`)."""
         if not self.rare and not keep_alive_10 and not switching:
             # The usual response: the pieces go into `lines` itself (reset before the next).
             lines = self.lines

@@ -12,11 +12,12 @@ import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from devmesh.proxy.client import ClientProtocol
 from devmesh.proxy.headers import TraceIds
 from devmesh.proxy.ingress import LAN_ACCESS
+from devmesh.proxy.outbox import Outbox
 from devmesh.proxy.router import Router
 from devmesh.proxy.table import RouteTable
 from devmesh.proxy.upstream import Pool
@@ -52,10 +53,6 @@ class Settings:
         return result
 
 
-class _Writer(Protocol):
-    def flush(self) -> None: ...
-
-
 class ProxyServer:
     """All proxy state of one process; the protocols reach it through `self.server`."""
 
@@ -69,7 +66,7 @@ class ProxyServer:
         self.tunnels: set[Tunnel] = set()
         # Protocols with queued output: flushed once at the end of each callback, so a
         # response head and its body leave in one write.
-        self.dirty: list[_Writer] = []
+        self.dirty: list[Outbox] = []
         self.trace_ids = TraceIds()
         self.closing = False
         self.now = 0.0  # the loop's clock, read once per tick: timeouts need no better

@@ -20,6 +20,7 @@ import httptools
 from devmesh.proxy import tunnel
 from devmesh.proxy.exchange import NO_BODY, Exchange
 from devmesh.proxy.headers import STATUS_LINES, ResponseHead, status_line
+from devmesh.proxy.outbox import Outbox
 
 if TYPE_CHECKING:
     from devmesh.proxy.server import ProxyServer
@@ -29,7 +30,7 @@ class BadResponse(Exception):
     """Raised in a parser callback when the backend's response makes no sense."""
 
 
-class UpstreamConn(asyncio.Protocol):
+class UpstreamConn(Outbox):
     """One connection to a backend: writes requests, parses and relays responses.
 
     The common response runs through `data_received`, `ResponseHead.add` per header,
@@ -39,13 +40,11 @@ class UpstreamConn(asyncio.Protocol):
 
     def __init__(self, pool: Pool) -> None:
         # Per connection.
+        super().__init__(pool.server)
         self.pool = pool
-        self.server = pool.server
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.head = ResponseHead()
         self.on_header = self.head.add  # the parser hands headers straight to the head
         self.parser = httptools.HttpResponseParser(self)
-        self.wbuf: list[bytes] = []
         self.closed = False
         self.reused = False  # it has answered before (so it may have gone stale in the pool)
         self.write_paused = False
@@ -101,7 +100,7 @@ class UpstreamConn(asyncio.Protocol):
             elif self.in_body and self.body_left > 0:
                 # The rest of a Content-Length body needs no parsing: pass reads through.
                 self.raw_left = self.body_left
-        # The parser callbacks append to the client's queue directly (see `_out`): write it.
+        # The parser callbacks append to the client's queue directly: write it in one go.
         if client.wbuf:
             client.flush()
         server = self.server
@@ -121,7 +120,7 @@ class UpstreamConn(asyncio.Protocol):
             return
         self._detach(ex)
         client = ex.client
-        if self.in_body and self.eof_body:
+        if self.in_body and self.eof_body and exc is None:
             self.in_body = False
             client.response_complete(ex)  # a body delimited by the end of the connection
         elif ex.resp_started or self.switching:
@@ -161,6 +160,9 @@ class UpstreamConn(asyncio.Protocol):
             self._informational(ex, code)
             return
         self.in_body = True
+        # Read inside the callback (after feed_data returns it says False): the flags it reads
+        # are final once the headers are parsed, and the HEAD and straight-through paths end
+        # without an on_message_complete.
         self.keep_alive = parser.should_keep_alive()
         client = ex.client
         length = head.content_length
@@ -176,7 +178,6 @@ class UpstreamConn(asyncio.Protocol):
             close = True
         else:
             chunk = True  # chunked from the backend, or delimited by its closing
-            self.eof_body = not head.chunked
         if chunk:
             ex.chunk_out = True
         if close:
@@ -277,8 +278,16 @@ class UpstreamConn(asyncio.Protocol):
         self.reused = True
         self.head.reset()
         pool = self.pool
-        if self.keep_alive and ex.req_done and not self.closed and pool.keeps_more():
-            self.idle_since = self.server.now
+        server = self.server
+        if (
+            self.keep_alive
+            and ex.req_done
+            and not self.closed
+            and not pool.retired
+            and not server.closing
+            and len(pool.idle) < pool.max_idle
+        ):
+            self.idle_since = server.now
             pool.idle.append(self)  # back to the pool (Pool.release, inlined)
         else:
             self.close()
@@ -325,25 +334,6 @@ class UpstreamConn(asyncio.Protocol):
 
     # ---- writing ----
 
-    def emit(self, data: bytes) -> None:
-        """Queue bytes for the backend; they go out in one write when the callback ends."""
-        if not self.wbuf:
-            self.server.dirty.append(self)
-        self.wbuf.append(data)
-
-    def flush(self) -> None:
-        """Write what `emit` queued."""
-        buf = self.wbuf
-        if not buf:
-            return
-        transport = self.transport
-        if not transport.is_closing():
-            if len(buf) == 1:
-                transport.write(buf[0])
-            else:
-                transport.writelines(buf)
-        buf.clear()
-
     def close(self) -> None:
         """Close the connection (it leaves the pool in connection_lost)."""
         self.closed = True
@@ -359,6 +349,7 @@ class Pool:
         self.host, self.port = key
         self.idle: list[UpstreamConn] = []
         self.retired = False  # the address left the route table
+        self.max_idle = server.settings.pool_max_idle
         self.opened = 0  # connections made, for tests and stats
 
     def acquire(self, ex: Exchange) -> None:
@@ -406,16 +397,9 @@ class Pool:
         conn.start(ex)
         self.server.flush()
 
-    def keeps_more(self) -> bool:
-        """Whether one more idle connection may be kept."""
-        server = self.server
-        return not (
-            self.retired or server.closing or len(self.idle) >= server.settings.pool_max_idle
-        )
-
     def release(self, conn: UpstreamConn) -> None:
         """Keep an idle connection for the next request (or close it if there are enough)."""
-        if not self.keeps_more():
+        if self.retired or self.server.closing or len(self.idle) >= self.max_idle:
             conn.close()
             return
         conn.idle_since = self.server.now
