@@ -472,9 +472,11 @@ def test_watchdog_is_restarted_and_still_cleans_up(project: Project) -> None:
 
     second = wait_until(new_watchdog, 5, "a new watchdog")
     children = {p.pid for p in psutil.Process(run.pid).children(recursive=True)} - {second}
+    assert len(children) >= 4  # sh, two sleeps, the workers
     os.kill(run.pid, signal.SIGKILL)
     run.proc.wait(5)
     wait_until(lambda: not any(pid_alive(p) for p in children), 2.0, "every child to be gone")
+    assert not any(pid_alive(p) for p in children)
 
 
 def _devmesh_pss(supervisor: int) -> int:
@@ -625,6 +627,7 @@ def test_processes_that_leave_the_group_are_stopped_too(project: Project) -> Non
     os.kill(run.pid, signal.SIGKILL)
     run.proc.wait(5)
     wait_until(lambda: not pid_alive(second), 2.0, "the second escapee to be killed")
+    assert not pid_alive(second) and second != escapee
 
 
 def test_dependency_killed_by_a_signal_fails_its_dependents(project: Project) -> None:
