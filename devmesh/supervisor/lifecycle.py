@@ -55,6 +55,8 @@ class ServiceSet:
         self.node_id = node_id
         self._marked_cache: dict[str, list[int]] | None = None
         self._marked_at = 0.0
+        self._groups_cache: set[int] | None = None
+        self._groups_at = 0.0
         self.dirty = True  # something changed: re-check which services may start
         self._spawns = 0
         self.services: dict[str, Service] = {}
@@ -339,10 +341,21 @@ class ServiceSet:
     def _linger(self, svc: Service) -> None:
         if svc.state is not S.STOPPING or svc.proc is not None:
             return
-        if svc.pgid is not None and procs.group_alive(svc.pgid):
+        if svc.pgid is not None and self._group_alive(svc.pgid):
             self._timer(svc, LINGER_POLL, self._linger)
         else:
             self._finish_stop(svc)
+
+    def _group_alive(self, pgid: int) -> bool:
+        """Whether a live (not zombie) process is left in the group; one /proc scan serves
+        every lingering service for LINGER_POLL."""
+        if not procs.group_alive(pgid):
+            return False
+        now = time.monotonic()
+        if self._groups_cache is None or now - self._groups_at >= LINGER_POLL:
+            self._groups_cache = procs.live_groups()
+            self._groups_at = now
+        return self._groups_cache is None or pgid in self._groups_cache
 
     def _finish_stop(self, svc: Service) -> None:
         self._kill_remains(svc)

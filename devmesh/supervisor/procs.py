@@ -126,6 +126,32 @@ def pgid_of(pid: int) -> int | None:
         return None
 
 
+def live_groups() -> set[int] | None:
+    """Process groups with a member that is not a zombie (None without /proc).
+
+    A zombie still counts for `killpg(pgid, 0)`: a service's child that died after its parent
+    was reaped belongs to init until init reaps it, which in a container may take seconds.
+    """
+    groups: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split(b" ", 3)
+        if len(fields) >= 3 and fields[0] != b"Z":
+            groups.add(int(fields[2]))
+    return groups
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group still exists."""
     try:
