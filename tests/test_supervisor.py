@@ -713,3 +713,22 @@ def test_detached_log_has_devmesh_lines_only(project: Project) -> None:
     assert "talker started" in log.read_text()
     assert "hello-from-talker" not in log.read_text()
     assert project.cli("down").returncode == 0
+
+
+def test_a_stop_does_not_wait_for_zombies(project: Project) -> None:
+    # The background sleep outlives its shell's reaping by a moment and becomes init's zombie;
+    # a zombie must not count as a live member of the group (init may reap it seconds later).
+    project.toml(
+        """
+        [services.app]
+        command = "sleep 1000 & sleep 1000"
+        """
+    )
+    project.up()
+    project.wait_state("app", "running")
+    start = time.monotonic()
+    result = project.cli("stop", "app")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert "stopped" in result.stdout
+    assert elapsed < 1.5, f"stop took {elapsed:.2f}s"
