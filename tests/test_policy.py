@@ -24,6 +24,11 @@ class FakeClock:
         return self.now
 
 
+def decide(history: list[Exit], restart: RestartPolicy) -> policy.Decision:
+    """The restart decision with the default start_secs (1 s), max_restarts (5), backoff (0.5 s)."""
+    return policy.after_exit(history, policy=restart, start_secs=1, max_restarts=5, backoff=0.5)
+
+
 def run_crash_loop(
     clock: FakeClock, *, uptime: float, count: int, max_restarts: int = 5
 ) -> list[policy.Decision]:
@@ -82,32 +87,14 @@ def test_a_service_that_ran_long_enough_restarts_quickly_and_resets_the_count() 
 
 
 def test_on_failure_does_not_restart_a_clean_exit() -> None:
-    d = policy.after_exit(
-        [Exit(0, 10, code=0)],
-        policy=RestartPolicy.ON_FAILURE,
-        start_secs=1,
-        max_restarts=5,
-        backoff=0.5,
-    )
+    d = decide([Exit(0, 10, code=0)], RestartPolicy.ON_FAILURE)
     assert d == StayDown(failed=False, reason="exited with code 0")
 
 
 def test_policy_no_never_restarts_and_signals_are_failures() -> None:
-    d = policy.after_exit(
-        [Exit(0, 10, code=None, signal=9)],
-        policy=RestartPolicy.NO,
-        start_secs=1,
-        max_restarts=5,
-        backoff=0.5,
-    )
+    d = decide([Exit(0, 10, code=None, signal=9)], RestartPolicy.NO)
     assert isinstance(d, StayDown) and not d.failed and d.reason == "killed by signal 9"
-    d2 = policy.after_exit(
-        [Exit(0, 10, code=None, signal=9)],
-        policy=RestartPolicy.ON_FAILURE,
-        start_secs=1,
-        max_restarts=5,
-        backoff=0.5,
-    )
+    d2 = decide([Exit(0, 10, code=None, signal=9)], RestartPolicy.ON_FAILURE)
     assert isinstance(d2, Restart)
 
 
@@ -177,22 +164,10 @@ def test_state_machine_edges(old: ServiceState, new: ServiceState, ok: bool) -> 
 
 
 def test_command_not_found_is_not_retried() -> None:
-    d = policy.after_exit(
-        [Exit(0, 0.01, code=127)],
-        policy=RestartPolicy.ALWAYS,
-        start_secs=1,
-        max_restarts=5,
-        backoff=0.5,
-    )
+    d = decide([Exit(0, 0.01, code=127)], RestartPolicy.ALWAYS)
     assert d == StayDown(failed=True, reason="command not found (exit 127)")
     # The same code after a long run is an ordinary failure.
-    d2 = policy.after_exit(
-        [Exit(0, 30, code=127)],
-        policy=RestartPolicy.ALWAYS,
-        start_secs=1,
-        max_restarts=5,
-        backoff=0.5,
-    )
+    d2 = decide([Exit(0, 30, code=127)], RestartPolicy.ALWAYS)
     assert isinstance(d2, Restart)
 
 

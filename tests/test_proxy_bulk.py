@@ -81,7 +81,7 @@ def upload(proxy: ProxyProc, size: int, host: str = "api") -> dict[str, object]:
     return echo
 
 
-def run_bulk(tmp_path: Path, size: int) -> None:
+def run_bulk(tmp_path: Path, size: int) -> int:
     with Backend() as backend, ProxyProc(tmp_path, [service("api", backend.port)]) as proxy:
         with rss_sampler(proxy.pid) as samples:
             assert download(proxy, f"/bytes/{size}", size) == size
@@ -89,11 +89,13 @@ def run_bulk(tmp_path: Path, size: int) -> None:
         assert samples, "no RSS sample"
         peak = max(samples)
         assert peak < RSS_LIMIT, f"proxy RSS peaked at {peak / MiB:.1f} MiB"
+    return peak
 
 
 def test_1gib_download_and_upload_in_bounded_memory(tmp_path: Path) -> None:
     # About 5 s here (the Python backend and client set the pace), so it runs by default.
-    run_bulk(tmp_path, 1024 * MiB)
+    peak = run_bulk(tmp_path, 1024 * MiB)
+    assert 0 < peak < RSS_LIMIT
 
 
 def test_stalled_client_and_stalled_backend_push_back(tmp_path: Path) -> None:

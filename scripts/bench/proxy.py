@@ -61,7 +61,6 @@ import collections
 import contextlib
 import datetime as dt
 import http.client
-import io
 import os
 import platform
 import re
@@ -73,7 +72,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -83,8 +81,8 @@ from pathlib import Path
 from typing import IO
 
 import psutil
+from common import CALLER_ONLY, ROOT, DevmeshSource  # scripts/bench/common.py
 
-ROOT = Path(__file__).resolve().parents[2]  # the project: its devmesh is the one measured
 PROXIES = ("devmesh", "nginx", "haproxy", "caddy", "direct")
 PROXY_NAMES = PROXIES[:-1]
 HOST = "origin"  # the Host header of every request: devmesh routes by it, the others ignore it
@@ -102,64 +100,11 @@ SETTLE_STEP = 0.25
 CURL_TIMEOUT = 120.0
 CLOSE_CALL = 0.2  # a goal met or missed by less than this is within the noise
 MAX_ERROR_SHARE = 0.01  # a wrk run with more failed requests than this is not a sample
-CALLER_ONLY = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
 TRACE_HEADER = "X-DevMesh-Trace-ID"
 ORIGIN_PROCS: list[psutil.Process] = []  # the origin's processes, set by main()
 
 
 # ---------------------------------------------------------------------------- devmesh source
-
-
-def _git(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-class DevmeshSource:
-    """A frozen copy of the devmesh package that every devmesh run imports: edits made to the
-    project while the benchmark runs change nothing, and its bytecode is compiled beforehand."""
-
-    def __init__(self, kind: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-devmesh-src-"))
-        git = ["git", "-C", str(ROOT)]
-        self.commit = _git([*git, "log", "-1", "--format=%h"]) or "unknown"
-        if kind == "head":
-            tar = subprocess.run(
-                [*git, "archive", "--format=tar", "HEAD", "devmesh"],
-                capture_output=True,
-                timeout=60,
-                check=True,
-            ).stdout
-            with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-                archive.extractall(self.dir, filter="data")
-            self.describe = f"commit {self.commit}"
-        else:
-            shutil.copytree(
-                ROOT / "devmesh", self.dir / "devmesh", ignore=shutil.ignore_patterns("__pycache__")
-            )
-            changed = _git([*git, "status", "--porcelain", "--", "devmesh"])
-            extra = " with uncommitted changes in devmesh/" if changed else ""
-            self.describe = f"working tree of commit {self.commit}{extra}"
-        env = {k: v for k, v in os.environ.items() if k not in CALLER_ONLY}
-        subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", str(self.dir / "devmesh")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            timeout=300,
-            check=False,
-        )
-
-    def env(self, env: dict[str, str]) -> dict[str, str]:
-        """`env` with the copy first on the path."""
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = f"{self.dir}{os.pathsep}{path}" if path else str(self.dir)
-        return env
-
-    def remove(self) -> None:
-        """Delete the copy."""
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -1582,6 +1527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chmod(work, 0o755)
     lay = Layout(work, args.port + 1, ports, args.proxy_core, args.client_core)
     source = DevmeshSource(args.source) if "devmesh" in args.proxies else None
+    if source is not None:
+        source.compile()
     origin: Server | None = None
     try:
         lay.www.mkdir()

@@ -44,7 +44,6 @@ import argparse
 import contextlib
 import datetime as dt
 import importlib.util
-import io
 import os
 import platform
 import re
@@ -54,7 +53,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -64,8 +62,8 @@ from pathlib import Path
 from typing import IO
 
 import psutil
+from common import CALLER_ONLY, DevmeshSource  # scripts/bench/common.py
 
-ROOT = Path(__file__).resolve().parents[2]  # the project: its devmesh is the one measured
 MANAGERS = ("devmesh", "honcho", "supervisord")
 SERVICE_COMMS = frozenset({"sleep", "sh", "dash"})  # service processes, never the manager's own
 SLEEP_COMMAND = "sleep 3600"
@@ -83,9 +81,6 @@ STOP_TIMEOUT = 10.0  # supervisord stops one program per loop pass: 200 take lon
 KILL_TIMEOUT = 5.0
 MIB = 2**20
 CLOSE_CALL = 0.2  # a goal met or missed by less than this is within the noise
-# Settings of the caller's shell that would make one manager slower than a user would see it:
-# without bytecode caches devmesh (run from its source tree) would compile itself at every start.
-CALLER_ONLY = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
 # supervisord's own warnings about how this benchmark runs it, not problems of the run.
 BENIGN = (b"Supervisor is running as root", b"running without any HTTP authentication")
 
@@ -223,70 +218,6 @@ def base_env(work: Path) -> dict[str, str]:
     state.mkdir()
     env.update(XDG_RUNTIME_DIR=str(run), XDG_STATE_HOME=str(state), NO_COLOR="1")
     return env
-
-
-class DevmeshSource:
-    """A frozen copy of the devmesh package that every devmesh run imports.
-
-    A copy, so that edits made to the project while the benchmark runs change nothing, and
-    its bytecode can be compiled without writing into the project. `head` is the last commit
-    (`git archive`), `worktree` the files as they are now.
-    """
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-devmesh-src-"))
-        git = ["git", "-C", str(ROOT)]
-        self.commit = _git([*git, "log", "-1", "--format=%h"]) or "unknown"
-        if kind == "head":
-            tar = subprocess.run(
-                [*git, "archive", "--format=tar", "HEAD", "devmesh"],
-                capture_output=True,
-                timeout=60,
-                check=True,
-            ).stdout
-            with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-                archive.extractall(self.dir, filter="data")
-            self.describe = f"commit {self.commit}"
-        else:
-            shutil.copytree(
-                ROOT / "devmesh", self.dir / "devmesh", ignore=shutil.ignore_patterns("__pycache__")
-            )
-            changed = _git([*git, "status", "--porcelain", "--", "devmesh"])
-            extra = " with uncommitted changes in devmesh/" if changed else ""
-            self.describe = f"working tree of commit {self.commit}{extra}"
-
-    def env(self, env: dict[str, str]) -> dict[str, str]:
-        """`env` with the copy first on the path, whatever `pip install -e` points at."""
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = f"{self.dir}{os.pathsep}{path}" if path else str(self.dir)
-        return env
-
-    def check(self) -> str:
-        """Where `python -m devmesh` imports devmesh from (RuntimeError if not the copy)."""
-        probe = subprocess.run(
-            [sys.executable, "-c", "import devmesh; print(devmesh.__file__)"],
-            env=self.env(dict(os.environ)),
-            cwd=tempfile.gettempdir(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        where = probe.stdout.strip()
-        if not where.startswith(str(self.dir)):
-            raise RuntimeError(f"devmesh is imported from {where or probe.stderr.strip()!r}")
-        return where
-
-    def remove(self) -> None:
-        """Delete the copy."""
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _git(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
 
 
 SOURCE: DevmeshSource | None = None  # set by main()

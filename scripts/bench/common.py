@@ -1,0 +1,93 @@
+"""What the benchmarks under scripts/bench/ share: the frozen copy of devmesh they measure."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the project: its devmesh is the one measured
+# Settings of the caller's shell that would make a manager slower than a user would see it:
+# without bytecode caches devmesh (run from its source tree) would compile itself at every start.
+CALLER_ONLY = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+
+
+def git_out(argv: list[str]) -> str:
+    """The stripped output of a git command, "" if it fails."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+class DevmeshSource:
+    """A frozen copy of the devmesh package that every devmesh run imports.
+
+    A copy, so that edits made to the project while the benchmark runs change nothing, and
+    its bytecode can be compiled without writing into the project. `head` is the last commit
+    (`git archive`), `worktree` the files as they are now.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-devmesh-src-"))
+        git = ["git", "-C", str(ROOT)]
+        self.commit = git_out([*git, "log", "-1", "--format=%h"]) or "unknown"
+        if kind == "head":
+            tar = subprocess.run(
+                [*git, "archive", "--format=tar", "HEAD", "devmesh"],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+                archive.extractall(self.dir, filter="data")
+            self.describe = f"commit {self.commit}"
+        else:
+            shutil.copytree(
+                ROOT / "devmesh", self.dir / "devmesh", ignore=shutil.ignore_patterns("__pycache__")
+            )
+            changed = git_out([*git, "status", "--porcelain", "--", "devmesh"])
+            extra = " with uncommitted changes in devmesh/" if changed else ""
+            self.describe = f"working tree of commit {self.commit}{extra}"
+
+    def compile(self) -> None:
+        """Compile the copy's bytecode, so no run pays for it."""
+        env = {k: v for k, v in os.environ.items() if k not in CALLER_ONLY}
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(self.dir / "devmesh")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            timeout=300,
+            check=False,
+        )
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        """`env` with the copy first on the path, whatever `pip install -e` points at."""
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = f"{self.dir}{os.pathsep}{path}" if path else str(self.dir)
+        return env
+
+    def check(self) -> str:
+        """Where `python -m devmesh` imports devmesh from (RuntimeError if not the copy)."""
+        probe = subprocess.run(
+            [sys.executable, "-c", "import devmesh; print(devmesh.__file__)"],
+            env=self.env(dict(os.environ)),
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        where = probe.stdout.strip()
+        if not where.startswith(str(self.dir)):
+            raise RuntimeError(f"devmesh is imported from {where or probe.stderr.strip()!r}")
+        return where
+
+    def remove(self) -> None:
+        """Delete the copy."""
+        shutil.rmtree(self.dir, ignore_errors=True)
