@@ -131,13 +131,10 @@ class RequestHead:
             self.content_length = int(value)  # the parser has checked it is digits, and single
             self.lines += (name, b": ", value, b"\r\n")
         elif kind == _CONN:
-            for token in value.lower().split(b","):
-                token = token.strip()
-                if token not in _CONN_OPTIONS:
-                    self.rare = True
-                    if self.conn_drop is None:
-                        self.conn_drop = []
-                    self.conn_drop.append(token)
+            named = connection_names(value)
+            if named:
+                self.rare = True
+                self.conn_drop = [*(self.conn_drop or ()), *named]
         elif kind == _TRACE:
             if not self.trace and valid_trace_id(value):
                 self.trace = value
@@ -242,6 +239,13 @@ def _without(lines: list[bytes], names: list[bytes]) -> list[bytes]:
         if lines[i].lower() not in names:
             out += lines[i : i + 4]
     return out
+
+
+def connection_names(value: bytes) -> list[bytes]:
+    """The header names a Connection header lists (lowercase), which are hop-by-hop too;
+    the plain options (keep-alive, close, upgrade) are not names to drop."""
+    names = [token.strip() for token in value.lower().split(b",")]
+    return [n for n in names if n not in _CONN_OPTIONS]
 
 
 def valid_trace_id(value: bytes) -> bool:
@@ -369,13 +373,10 @@ class ResponseHead:
                         self.codings = []
                     self.codings.append(coding)
         elif kind == _R_CONN:
-            for token in value.lower().split(b","):
-                token = token.strip()
-                if token not in _CONN_OPTIONS:
-                    self.rare = True
-                    if self.conn_drop is None:
-                        self.conn_drop = []
-                    self.conn_drop.append(token)
+            named = connection_names(value)
+            if named:
+                self.rare = True
+                self.conn_drop = [*(self.conn_drop or ()), *named]
         elif kind in (_R_UPGRADE, _R_VIA):
             self.rare = True
             self._add_rare(kind, value)
