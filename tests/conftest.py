@@ -156,8 +156,9 @@ class Project:
 
     def status(self) -> dict[str, Any]:
         """`devmesh status --json` (it must answer)."""
-        data = self.try_status()
-        assert data is not None, "devmesh status did not answer"
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, f"devmesh status did not answer: {result.stderr}"
+        data: dict[str, Any] = json.loads(result.stdout)
         return data
 
     def service(self, name: str) -> dict[str, Any]:
@@ -177,6 +178,8 @@ class Project:
     def cleanup(self) -> None:
         """Stop every supervisor this test started, then anything they left (by pid)."""
         for run in self.running:
+            # Shown by pytest only when the test failed.
+            print(f"---- devmesh up (pid {run.pid}) printed:\n{run.text()}")
             if run.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     run.proc.send_signal(signal.SIGTERM)

@@ -246,7 +246,8 @@ class ServiceSet:
 
     def reap(self) -> None:
         """Collect every service whose main process exited."""
-        for svc in self.services.values():
+        # A copy: a removed service that finishes stopping leaves the dict.
+        for svc in list(self.services.values()):
             if svc.proc is not None:
                 code = svc.proc.popen.poll()
                 if code is not None:
@@ -372,7 +373,7 @@ class ServiceSet:
 
     def kill_all(self) -> None:
         """The second Ctrl+C: SIGKILL every service now."""
-        for svc in self.services.values():
+        for svc in list(self.services.values()):  # a removed service may leave the dict
             if svc.state in (S.STARTING, S.RUNNING):
                 svc.to(S.STOPPING)
             if svc.state is S.STOPPING:
