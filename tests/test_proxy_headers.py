@@ -198,14 +198,26 @@ def test_trailers_are_ignored_and_size_is_limited() -> None:
             rh.add(b"X-%d" % i, b"v" * 20)
 
 
+def response_head(headers: list[tuple[str, str]]) -> ResponseHead:
+    """A ResponseHead that has parsed these header lines (as the backend sent them)."""
+    rh = ResponseHead()
+    rh.parse(b"".join(n.encode() + b": " + v.encode() + b"\r\n" for n, v in headers))
+    return rh
+
+
 @settings(deadline=None)  # a loaded machine must not make these flaky
 @given(header_lists())
 def test_response_rewrite_model(headers: list[tuple[str, str]]) -> None:
+    headers = headers[1:]  # no Host in a response
+    named = {
+        t.strip().lower()
+        for n, v in headers
+        if n.lower() == "connection"
+        for t in v.split(",")
+        if t.strip().lower() not in ("keep-alive", "close")
+    }
     for chunk, close in ((False, False), (True, True)):
-        rh = ResponseHead()  # build() consumes what add() collected: one per response
-        for n, v in headers[1:]:
-            rh.add(n.encode(), v.encode())
-        head = rh.build(status_line(200), b"t" * 32, chunk, close)
+        head = response_head(headers).build(status_line(200), b"t" * 32, chunk, close)
 
         class P:
             headers: list[tuple[str, str]] = []
@@ -218,6 +230,7 @@ def test_response_rewrite_model(headers: list[tuple[str, str]]) -> None:
         httptools.HttpResponseParser(p).feed_data(head)
         names = [n.lower() for n, _ in p.headers]
         assert names.count("x-devmesh-trace-id") == 1 and names.count("via") == 1
+        assert p.headers[-1] == ("X-DevMesh-Trace-ID", "t" * 32)
         assert (
             ("Transfer-Encoding", "chunked") in p.headers
             if chunk
@@ -225,24 +238,56 @@ def test_response_rewrite_model(headers: list[tuple[str, str]]) -> None:
         )
         assert ("Connection", "close") in p.headers if close else "connection" not in names
         assert not {"keep-alive", "proxy-connection", "te", "trailer", "upgrade"} & set(names)
+        # Every other header goes through unchanged and in order, but those Connection names.
+        kept = [
+            (n, v)
+            for n, v in headers
+            if n.lower() not in HOP | {"via", "x-devmesh-trace-id"} and n.lower() not in named
+        ]
+        ours = HOP | {"via", "x-devmesh-trace-id"}
+        assert [h for h in p.headers if h[0].lower() not in ours] == kept
+        vias = [v for n, v in headers if n.lower() == "via" and "via" not in named]
+        assert ("Via", ", ".join([*vias, "1.1 devmesh"])) in p.headers
 
 
 def test_response_codings_kept_and_101() -> None:
-    rh = ResponseHead()
-    rh.add(b"Transfer-Encoding", b"gzip, chunked")
-    rh.add(b"Connection", b"keep-alive, X-Hop")
-    rh.add(b"X-Hop", b"1")
-    rh.add(b"X-DevMesh-Trace-ID", b"backend-made-this")
+    rh = response_head(
+        [
+            ("Transfer-Encoding", "gzip, chunked"),
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "1"),
+            ("X-DevMesh-Trace-ID", "backend-made-this"),
+            ("Content-Type", "text/plain"),
+        ]
+    )
+    assert rh.chunked and rh.content_length == -1
     head = rh.build(status_line(200), b"mine", True, False)
     assert b"Transfer-Encoding: gzip, chunked\r\n" in head
     assert b"X-Hop" not in head and b"backend-made-this" not in head
-    rh.reset()
-    rh.add(b"Upgrade", b"websocket")
-    rh.add(b"Connection", b"Upgrade")
+    assert b"\r\nContent-Type: text/plain\r\n" in head
+    rh = response_head([("Upgrade", "WebSocket"), ("Connection", "Upgrade")])
     head = rh.build(status_line(101), b"t", False, False, switching=True)
     assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
-    assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in head
+    assert b"Connection: upgrade\r\nUpgrade: WebSocket\r\n" in head
     assert status_line(599) == b"HTTP/1.1 599 \r\n"
+
+
+def test_response_head_framing_and_case() -> None:
+    rh = response_head([("content-LENGTH", "42 "), ("CONNECTION", "close"), ("Via", "1.0 a")])
+    assert rh.content_length == 42 and not rh.chunked
+    head = rh.build(status_line(200), b"t", False, False)
+    assert head == (
+        b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 42 \r\n"
+        b"Via: 1.0 a, 1.1 devmesh\r\nX-DevMesh-Trace-ID: t\r\n\r\n"
+    )
+    assert response_head([]).build(status_line(204), b"t", False, True) == (
+        b"HTTP/1.1 204 No Content\r\nConnection: close\r\n"
+        b"Via: 1.1 devmesh\r\nX-DevMesh-Trace-ID: t\r\n\r\n"
+    )
+    interim = response_head([("Link", "</a.css>; rel=preload"), ("Connection", "keep-alive")])
+    assert interim.build_interim(status_line(103)) == (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    )
 
 
 def test_trace_ids() -> None:

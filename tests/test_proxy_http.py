@@ -551,6 +551,51 @@ def test_interim_and_close_delimited_responses(tmp_path: Path) -> None:
         assert b"chunked" not in data
 
 
+def test_response_heads_in_pieces_and_too_large(tmp_path: Path) -> None:
+    """A response head is read from its raw bytes: heads split over many reads (a 1xx's too)
+    come out whole and rewritten; a head past the limit is a 502, and the proxy serves on."""
+    pieces = [
+        b"HTTP/1.1 100 Cont",
+        b"inue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\nCONNECTION: keep-alive, X-Hop\r",
+        b"\nX-Hop: secret\r\nContent-Len",
+        b"gth: 5\r\nX-B: 2\r\n",
+        b"\r\nhel",
+        b"lo",
+    ]
+
+    def script(conn: socket.socket, index: int) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = read_head(conn)
+        if b"/huge" in head:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"b" * (2 << 20) + b"\r\n\r\n")
+            return
+        for piece in pieces:
+            conn.sendall(piece)
+            time.sleep(0.02)  # pacing, so that the proxy reads each piece on its own
+        read_head(conn)
+
+    with (
+        RawBackend(script) as raw,
+        ProxyProc(tmp_path, [service("api", raw.port)]) as proxy,
+        proxy.raw() as sock,
+    ):
+        reader = ResponseReader(sock)
+        sock.sendall(b"GET /pieces HTTP/1.1\r\nHost: api\r\n\r\n")
+        resp = reader.next()
+        assert reader.interim == [100]
+        assert resp.status == 200 and resp.body == b"hello"
+        names = [n.lower() for n, _ in resp.headers]
+        assert names[:3] == ["x-a", "content-length", "x-b"]
+        assert "x-hop" not in names and "connection" not in names
+        assert resp.header("x-devmesh-trace-id")
+        sock.sendall(b"GET /huge HTTP/1.1\r\nHost: api\r\n\r\n")
+        resp = reader.next()
+        assert resp.status == 502 and b"too large" in resp.body
+        with proxy.raw() as other:
+            other.sendall(b"GET /pieces HTTP/1.1\r\nHost: api\r\n\r\n")
+            assert ResponseReader(other).next().body == b"hello"
+
+
 def test_http10_keep_alive_and_absolute_form(proxy: ProxyProc) -> None:
     with proxy.raw() as sock:
         reader = ResponseReader(sock)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http
 import os
+import re
 
 VIA = b"1.1 devmesh"
 TRACE_HEADER = b"X-DevMesh-Trace-ID"
@@ -281,22 +282,28 @@ class TraceIds:
 
 # ---- response side ----
 
-_R_CONN, _R_HOP, _R_TE, _R_CL, _R_UPGRADE, _R_DROP, _R_VIA = range(7)
-RESPONSE_SPECIAL: dict[bytes, int] = {
-    b"connection": _R_CONN,
-    b"keep-alive": _R_HOP,
-    b"proxy-connection": _R_HOP,
-    b"te": _R_HOP,
-    b"trailer": _R_HOP,
-    b"transfer-encoding": _R_TE,
-    b"content-length": _R_CL,
-    b"upgrade": _R_UPGRADE,
-    b"x-devmesh-trace-id": _R_DROP,  # the client gets the id the backend was given
-    b"via": _R_VIA,
-}
-
-
-_RESPONSE_LENGTHS = frozenset(map(len, RESPONSE_SPECIAL))
+# Response headers that are not passed on as they are, found in the raw head (lowercased, with
+# a newline in front so that every line starts with one). llhttp has already accepted the head:
+# every line is `name:` (no space before the colon), an optional space, the value and CRLF.
+_RESPONSE_SPECIAL = re.compile(
+    rb"\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|content-length"
+    rb"|upgrade|x-devmesh-trace-id|via):[ \t]*([^\r]*)\r"
+)
+# Never passed on: hop-by-hop (RFC 9110 §7.6.1), framing the proxy redoes, and the trace id
+# (the client gets the id the backend was given). Via is passed on, with the proxy added.
+_RESPONSE_DROP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"x-devmesh-trace-id",
+        b"via",
+    )
+)
 
 
 def _status_line(code: int, reason: bytes) -> bytes:
@@ -320,73 +327,78 @@ def status_line(code: int) -> bytes:
 
 
 class ResponseHead:
-    """Collects one response's headers from the backend and writes the head the client gets."""
+    """One response head from the backend, read from its raw bytes, and the head the client gets.
 
-    __slots__ = (
-        "chunked",
-        "codings",
-        "conn_drop",
-        "content_length",
-        "done",
-        "lines",
-        "rare",
-        "upgrade",
-        "via",
-    )
+    The upstream parser has no `on_header` (a Python call per header is most of what a small
+    response costs): once it has accepted a head, `parse` takes the header lines as they came,
+    one regular-expression pass finds the few that matter, and `build` passes the rest on in
+    one piece, cutting out only the lines that must not go through.
+    """
+
+    __slots__ = ("block", "chunked", "codings", "content_length", "drop", "lower", "upgrade", "via")
 
     def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.rare = True
-        self.reset()
+        self.parse(b"")
 
-    def reset(self) -> None:
-        """Forget the previous response."""
-        self.lines.clear()
+    def parse(self, block: bytes) -> None:
+        """Read the header lines of one head (each ends with CRLF; no status line, no blank
+        line), as llhttp accepted them."""
+        self.block = block
+        self.lower = lower = b"\n" + block.lower()
         self.content_length = -1
         self.chunked = False
-        self.done = False
-        if self.rare:
-            self.rare = False
-            self.conn_drop: list[bytes] | None = None
-            self.codings: list[bytes] | None = None  # transfer codings other than chunked
-            self.upgrade = b""
-            self.via = b""
+        self.codings: list[bytes] | None = None  # transfer codings other than chunked
+        self.upgrade = self.via = b""
+        self.drop: list[bytes] = []  # the names of the lines not passed on
+        for name, value in _RESPONSE_SPECIAL.findall(lower):
+            if name == b"content-length":
+                self.content_length = int(value)  # llhttp checked: digits, one value
+            elif name not in self.drop:
+                self.drop.append(name)
+                if name == b"connection":
+                    if value not in _CONN_OPTIONS:  # a plain keep-alive or close names nothing
+                        self.drop += connection_names(value)
+                elif name == b"transfer-encoding":
+                    self._codings(value)
+                elif name == b"upgrade":
+                    self.upgrade = b", ".join(_lines_named(block, lower, name)[1])
+                elif name == b"via":
+                    self.via = b", ".join(_lines_named(block, lower, name)[1])
 
-    def add(self, name: bytes, value: bytes) -> None:
-        """One header from the backend (the upstream protocol's `on_header`)."""
-        if self.done:
-            return  # a trailer
-        kind = RESPONSE_SPECIAL.get(name.lower()) if len(name) in _RESPONSE_LENGTHS else None
-        if kind is None:
-            self.lines += (name, b": ", value, b"\r\n")
-        elif kind == _R_CL:
-            self.content_length = int(value)
-            self.lines += (name, b": ", value, b"\r\n")
-        elif kind == _R_TE:
-            for coding in value.split(b","):
-                coding = coding.strip()
-                if coding.lower() == b"chunked":
-                    self.chunked = True
-                elif coding:
-                    self.rare = True
-                    if self.codings is None:
-                        self.codings = []
-                    self.codings.append(coding)
-        elif kind == _R_CONN:
-            named = connection_names(value)
-            if named:
-                self.rare = True
-                self.conn_drop = [*(self.conn_drop or ()), *named]
-        elif kind in (_R_UPGRADE, _R_VIA):
-            self.rare = True
-            self._add_rare(kind, value)
-        # _R_HOP, _R_DROP: not passed on
+    def _codings(self, value: bytes) -> None:
+        for coding in value.split(b","):
+            coding = coding.strip()
+            if coding == b"chunked":
+                self.chunked = True
+            elif coding:
+                if self.codings is None:
+                    self.codings = []
+                self.codings.append(coding)
 
-    def _add_rare(self, kind: int, value: bytes) -> None:
-        if kind == _R_UPGRADE:
-            self.upgrade = value
-        elif kind == _R_VIA:
-            self.via = self.via + b", " + value if self.via else value
+    def passed_on(self) -> bytes:
+        """The header lines the client gets as they are: all but the dropped ones."""
+        drop = self.drop
+        if not drop:
+            return self.block
+        block, lower = self.block, self.lower
+        if len(drop) == 1:
+            # Usually one line (`Connection: keep-alive`): two finds and a join.
+            pattern = b"\n" + drop[0] + b":"
+            start = lower.find(pattern)
+            end = lower.find(b"\n", start + 1)
+            if lower.find(pattern, end) < 0:
+                return block[:start] + block[end:]
+        spans: list[tuple[int, int]] = []
+        for name in drop:
+            spans += _lines_named(block, lower, name)[0]
+        spans.sort()
+        out: list[bytes] = []
+        pos = 0
+        for start, end in spans:
+            out.append(block[pos:start])
+            pos = end
+        out.append(block[pos:])
+        return b"".join(out)
 
     def build(
         self,
@@ -399,22 +411,8 @@ class ResponseHead:
     ) -> bytes:
         """The head for the client: `status` is its status line; `chunk`: the proxy chunks the
         body; `close`: the connection closes after it; `keep_alive_10`: an HTTP/1.0 client
-        asked to keep it open; `switching`: a 101 whose Upgrade is passed on. Called once per
-        response: it may use up what `add` collected (until `reset`)."""
-        if not self.rare and not keep_alive_10 and not switching:
-            # The usual response: the pieces go into `lines` itself (reset before the next).
-            lines = self.lines
-            lines.insert(0, status)
-            if close:
-                lines.append(b"Connection: close\r\n")
-            if chunk:
-                lines.append(b"Transfer-Encoding: chunked\r\n")
-            lines += (_VIA_TRACE, trace, b"\r\n\r\n")
-            return b"".join(lines)
-        lines = self.lines
-        if self.conn_drop is not None:
-            lines = _without(lines, self.conn_drop)
-        out = [status, *lines]
+        asked to keep it open; `switching`: a 101 whose Upgrade is passed on."""
+        out = [status, self.passed_on()]
         if switching:
             out.append(b"Connection: upgrade\r\nUpgrade: " + self.upgrade + b"\r\n")
         elif close:
@@ -426,10 +424,30 @@ class ResponseHead:
                 out.append(b"Transfer-Encoding: " + b", ".join(self.codings) + b", chunked\r\n")
             else:
                 out.append(b"Transfer-Encoding: chunked\r\n")
-        via = self.via + b", " + VIA if self.via else VIA
-        out.append(b"Via: " + via + b"\r\nX-DevMesh-Trace-ID: " + trace + b"\r\n\r\n")
+        if self.via:
+            out.append(b"Via: " + self.via + b", " + VIA + b"\r\nX-DevMesh-Trace-ID: ")
+        else:
+            out.append(_VIA_TRACE)
+        out += (trace, b"\r\n\r\n")
         return b"".join(out)
 
     def build_interim(self, status: bytes) -> bytes:
         """A 1xx head (100 Continue, 103 Early Hints) relayed as is, minus hop-by-hop headers."""
-        return b"".join([status, *self.lines, b"\r\n"])
+        return status + self.passed_on() + b"\r\n"
+
+
+def _lines_named(
+    block: bytes, lower: bytes, name: bytes
+) -> tuple[list[tuple[int, int]], list[bytes]]:
+    """The spans in `block` of the lines called `name`, and their values (`lower` is
+    newline + block, lowercased, so an offset in it is the offset of the line in `block`)."""
+    spans: list[tuple[int, int]] = []
+    values: list[bytes] = []
+    pattern = b"\n" + name + b":"
+    i = lower.find(pattern)
+    while i >= 0:
+        end = lower.find(b"\n", i + 1)  # every line ends with CRLF
+        spans.append((i, end))
+        values.append(block[i + len(pattern) - 1 : end - 2].strip())
+        i = lower.find(pattern, end)
+    return spans, values

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from devmesh.proxy.server import ProxyServer
 
 
+# A response head larger than this (the parser sets no limit) fails the exchange with a 502.
+MAX_RESPONSE_HEAD = 1024 * 1024
+
+
 class BadResponse(Exception):
     """Raised in a parser callback when the backend's response makes no sense."""
 
@@ -33,9 +37,9 @@ class BadResponse(Exception):
 class UpstreamConn(Outbox):
     """One connection to a backend: writes requests, parses and relays responses.
 
-    The common response runs through `data_received`, `ResponseHead.add` per header,
-    `on_headers_complete`, `on_body` and `on_message_complete` (no `on_message_begin` or
-    `on_status`: the head is reset when a response ends, the reason phrase is the standard one).
+    The common response runs through `data_received`, `on_headers_complete`, `on_body` and
+    `on_message_complete`: no `on_header` (the head is read from the raw bytes once the parser
+    has accepted it, see `ResponseHead`), no `on_status` (the reason phrase is the standard one).
     """
 
     def __init__(self, pool: Pool) -> None:
@@ -43,7 +47,6 @@ class UpstreamConn(Outbox):
         super().__init__(pool.server)
         self.pool = pool
         self.head = ResponseHead()
-        self.on_header = self.head.add  # the parser hands headers straight to the head
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False  # it has answered before (so it may have gone stale in the pool)
@@ -52,6 +55,9 @@ class UpstreamConn(Outbox):
         # Per exchange.
         self.ex: Exchange | None = None
         self.got_bytes = False  # any response byte for the current exchange
+        self.reading_head = False  # a response head (1xx or final) is expected or arriving
+        self.hbuf = b""  # the bytes received since the head being read began (at `hstart`)
+        self.hstart = 0
         self.interim = False  # a 1xx response is being parsed
         self.switching = False  # a 101 answered an upgrade request
         self.in_body = False
@@ -76,7 +82,16 @@ class UpstreamConn(Outbox):
             return
         client = ex.client
         self.got_bytes = True
-        if self.raw_left:
+        if self.reading_head:
+            if self.hbuf:  # a head in several reads (or after a 1xx)
+                self.hbuf = self.hbuf[self.hstart :] + data
+                self.hstart = 0
+                if len(self.hbuf) > MAX_RESPONSE_HEAD:
+                    self._fail("the service's response head is too large")
+                    return
+            else:
+                self.hbuf = data
+        elif self.raw_left:
             data = self._raw_body(data)
             if not data:
                 if client.wbuf:
@@ -145,7 +160,7 @@ class UpstreamConn(Outbox):
         if self.ex is not None:
             self.ex.client.upstream_paused(False)
 
-    # ---- parser callbacks (on_header is ResponseHead.add) ----
+    # ---- parser callbacks ----
 
     def on_headers_complete(self) -> None:
         """Relay a 1xx as is; for the final response, decide its framing and send the head."""
@@ -155,10 +170,16 @@ class UpstreamConn(Outbox):
         parser = self.parser
         code = parser.get_status_code()
         head = self.head
-        head.done = True  # later headers are trailers
+        # The head the parser has just accepted: from hstart to the first blank line.
+        hbuf, start = self.hbuf, self.hstart
+        end = hbuf.find(b"\r\n\r\n", start) + 2
+        head.parse(hbuf[hbuf.find(b"\r\n", start) + 2 : end])
         if code < 200:
+            self.hstart = end + 2  # the next head follows this one
             self._informational(ex, code)
             return
+        self.reading_head = False
+        self.hbuf = b""
         self.in_body = True
         # Read inside the callback (after feed_data returns it says False): the flags it reads
         # are final once the headers are parsed, and the HEAD and straight-through paths end
@@ -226,7 +247,6 @@ class UpstreamConn(Outbox):
         """The end of a response: for the final one, hand the connection back."""
         if self.interim:
             self.interim = False
-            self.head.reset()
         elif self.ex is not None and not self.stale_parser and not self.switching:
             self._complete()
 
@@ -237,6 +257,9 @@ class UpstreamConn(Outbox):
         self.ex = ex
         ex.upstream = self
         self.got_bytes = False
+        self.reading_head = True
+        self.hbuf = b""
+        self.hstart = 0
         client = ex.client
         pending = ex.pending
         if pending is None and ex.body_kind == NO_BODY and not self.wbuf:
@@ -276,7 +299,6 @@ class UpstreamConn(Outbox):
             self.ex = ex
             self._detach(ex)
         self.reused = True
-        self.head.reset()
         pool = self.pool
         server = self.server
         if (

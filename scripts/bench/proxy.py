@@ -12,6 +12,9 @@ so every process and thread of it inherits the mask), wrk, curl and the origin o
 - nginx: `proxy_pass` to an `upstream` with `keepalive 64`, HTTP/1.1, 1 worker;
 - HAProxy: `nbthread 1`, `mode http`, `option http-keep-alive`, `http-reuse always`;
 - Caddy: `reverse_proxy`, `GOMAXPROCS=1`, 64 idle upstream connections kept (as nginx);
+- relay: `scripts/bench/relay.py`, a bare uvloop + httptools relay with none of devmesh's
+  features (one origin connection per client, bytes unchanged): the floor under devmesh's
+  proxy on this stack, so the table shows what the features cost;
 - direct: the clients straight at the origin.
 
 Every repeat (`--repeat`, default 3) starts each proxy afresh, in an order rotated every repeat,
@@ -33,7 +36,7 @@ Goals (from the issue, judged on the medians): devmesh req/s >= 0.75x nginx's, d
 transfer < 64 MiB. The exit code is 1 when one fails (or could not be measured).
 
 Every server runs from config files this script writes into a temporary directory, on
-loopback ports it chooses (`--port`, default 18080..18084), as its own foreground process; it
+loopback ports it chooses (`--port`, default 18080..18085), as its own foreground process; it
 is stopped by pid (SIGTERM, then SIGKILL after a bounded wait, then any process of it left).
 Every wait and every load is bounded; traffic goes only to 127.0.0.1. devmesh is imported from a
 frozen copy of the project's working tree (`--source worktree`, the default) or of its last
@@ -47,8 +50,8 @@ used (and need not run). For `--profile`, `pip install py-spy`. Run it from the 
 
 Options: `--repeat N`, `--duration S` (wrk, default 10), `--warmup S`, `--connections N`,
 `--downloads N`, `--rss-rate RATE` (curl `--limit-rate`, `0` = unlimited), `--only
-small|large|rss`, `--proxies devmesh,nginx,haproxy,caddy,direct`, `--source worktree|head`,
-`--port N` (devmesh's; the origin N+1, the others N+2..N+4), `--proxy-core`, `--client-core`,
+small|large|rss`, `--proxies devmesh,relay,nginx,haproxy,caddy,direct`, `--source worktree|head`,
+`--port N` (devmesh's; the origin N+1, the others N+2..N+5), `--proxy-core`, `--client-core`,
 `--profile DIR` (after the measured repeats, one more devmesh run under py-spy: a flame graph and
 the functions where the worker's time goes), `--markdown PATH` (writes or replaces the
 "## Proxy" section of that file).
@@ -83,7 +86,7 @@ from typing import IO
 import psutil
 from common import CALLER_ONLY, ROOT, DevmeshSource  # scripts/bench/common.py
 
-PROXIES = ("devmesh", "nginx", "haproxy", "caddy", "direct")
+PROXIES = ("devmesh", "relay", "nginx", "haproxy", "caddy", "direct")
 PROXY_NAMES = PROXIES[:-1]
 HOST = "origin"  # the Host header of every request: devmesh routes by it, the others ignore it
 SMALL_BODY = b"0123456789" * 9 + b"abcdefghi\n"  # 100 bytes
@@ -387,6 +390,10 @@ def spec_proxy(proxy: str, lay: Layout, source: DevmeshSource | None) -> Spec:
         )
         argv = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
         return Spec(proxy, pinned(lay.proxy_core, argv), env, {conf: caddyfile(lay)})
+    if proxy == "relay":
+        argv = [sys.executable, str(Path(__file__).with_name("relay.py"))]
+        argv += [str(lay.ports[proxy]), str(lay.origin_port)]
+        return Spec(proxy, pinned(lay.proxy_core, argv), env, {})
     if proxy == "devmesh":
         conf = d / "devmesh.toml"
         env.update(XDG_RUNTIME_DIR=str(d / "run"), XDG_STATE_HOME=str(d / "state"), NO_COLOR="1")
@@ -1516,7 +1523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"missing: {', '.join(missing)} (see the docstring: apt-get install ...)")
         return 2
     ports = {"devmesh": args.port, "nginx": args.port + 2, "haproxy": args.port + 3}
-    ports |= {"caddy": args.port + 4, "direct": args.port + 1}
+    ports |= {"caddy": args.port + 4, "relay": args.port + 5, "direct": args.port + 1}
     busy = [str(p) for p in sorted(set(ports.values())) if not port_free(p)]
     if busy:
         print(f"ports in use on 127.0.0.1: {', '.join(busy)} (choose others with --port)")
