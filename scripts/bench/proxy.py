@@ -1227,6 +1227,15 @@ def reading(res: Results, args: argparse.Namespace) -> list[str]:
             f"req/s needs at most {n_cpu / 0.75:.1f} us per request from devmesh "
             f"(nginx {n_cpu:.1f} us / 0.75); it spent {d_cpu:.1f} us."
         )
+        r_cpu = med("cpu_us", "relay")
+        if r_cpu is not None:
+            out.append(
+                f"- Floor: the bare relay (same event loop and parser, no features) needs "
+                f"{r_cpu:.1f} us per request ({r_cpu / n_cpu:.2f}x nginx's CPU); that leaves "
+                f"{n_cpu / 0.75 - r_cpu:.1f} us for everything devmesh does on top (routing, "
+                f"header rewriting both ways, trace ids, the pool, ordering, limits) within the "
+                f"0.75x goal; they take {d_cpu - r_cpu:.1f} us now."
+            )
     d_rps, n_rps = med("rps", "devmesh"), med("rps", "nginx")
     if d_rps and n_rps:
         c = args.connections
