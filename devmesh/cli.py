@@ -86,6 +86,15 @@ def status(
 
 
 @app.command()
+def peers(
+    file: FileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show the devmesh nodes of this namespace found on the LAN, and their services."""
+    raise typer.Exit(commands.peers(file, as_json=as_json))
+
+
+@app.command()
 def logs(
     services: Names = None,
     file: FileOpt = None,

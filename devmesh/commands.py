@@ -211,6 +211,39 @@ def status(file: Path | None, *, as_json: bool) -> int:
     return 0
 
 
+def peers(file: Path | None, *, as_json: bool) -> int:
+    """`devmesh peers`: a table, or the JSON document."""
+    data = client(file).peers()
+    out(json.dumps(data, indent=2) if as_json else render_peers(data))
+    return 0
+
+
+def render_peers(data: dict[str, Any]) -> str:
+    """The peers table (`devmesh peers`)."""
+    disc = data["discovery"]
+    if not disc["enabled"]:
+        return "discovery is off ([discovery] enabled = false, or DEVMESH_DISCOVERY=off)"
+    head = f"node {data['node']}  namespace {data['namespace']}  udp port {disc['port']}"
+    if not data["peers"]:
+        return f"{head}\n\nno peers found yet (they announce every {disc['interval']:g}s)"
+    rows: list[tuple[str, ...]] = [("PEER", "NAME", "ADDRESS", "SEEN", "SERVICES")]
+    for p in data["peers"]:
+        services = ", ".join(
+            s["name"] + (f"@{s['version']}" if s["version"] else "") + f" ({s['state']})"
+            for s in p["services"]
+        )
+        rows.append(
+            (
+                p["node"],
+                p["name"],
+                f"{p['address']}:{p['proxy_port']}",
+                f"{p['seen_ago']:.1f}s ago",
+                services or "-",
+            )
+        )
+    return "\n".join([head, "", *_table(rows)])
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from devmesh.proxy.table import RouteTable
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 # ---- worker -> parent ----
@@ -42,6 +42,15 @@ class ControlRequest:
     action: str
     args: dict[str, Any] = field(default_factory=dict)
     kind: Literal["control_request"] = "control_request"
+
+
+@dataclass(frozen=True)
+class PeersUpdate:
+    """The discovery worker's peers (as `devmesh peers --json` shows them) and its counters."""
+
+    peers: tuple[dict[str, Any], ...]
+    stats: dict[str, Any]
+    kind: Literal["peers_update"] = "peers_update"
 
 
 # ---- parent -> worker ----
@@ -79,11 +88,20 @@ class RoutesUpdate:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """What the discovery worker announces about this node's services (sent on every change)."""
+
+    services: tuple[dict[str, Any], ...]  # ServiceInfo fields
+    proxy_port: int
+    kind: Literal["announce"] = "announce"
+
+
+@dataclass(frozen=True)
 class Stop:
     """Finish what is in flight and exit."""
 
     kind: Literal["stop"] = "stop"
 
 
-WorkerMessage = Ready | Heartbeat | ControlRequest
-ParentMessage = Configure | ControlReply | RoutesUpdate | Stop
+WorkerMessage = Ready | Heartbeat | ControlRequest | PeersUpdate
+ParentMessage = Configure | ControlReply | RoutesUpdate | Announce | Stop

@@ -86,6 +86,9 @@ class Project:
             XDG_STATE_HOME=str(home / "state"),
             NO_COLOR="1",
             PYTHONUNBUFFERED="1",
+            # Nothing leaves loopback from the root namespace: the lab tests turn it back on
+            # inside their own network namespaces.
+            DEVMESH_DISCOVERY="off",
         )
         self.env.pop("DEVMESH_LOG", None)
         # The devmesh of this checkout, whatever else is installed.
@@ -95,6 +98,7 @@ class Project:
         (home / "run").mkdir(mode=0o700)
         self.proxy_port = free_port()
         self.running: list[Running] = []
+        self.prefix: list[str] = []  # runs `devmesh up` under this (a lab host's `ip netns exec`)
 
     def write(self, name: str, text: str) -> Path:
         """Write a file into the project (dedented)."""
@@ -127,7 +131,7 @@ class Project:
         output = self.root.parent / f"up-{len(self.running)}.out"
         with open(output, "wb") as out:
             proc = subprocess.Popen(
-                [PY, "-m", "devmesh", "up", *args],
+                [*self.prefix, PY, "-m", "devmesh", "up", *args],
                 cwd=self.root,
                 env=self.env,
                 stdout=out,
@@ -202,3 +206,23 @@ def project() -> Iterator[Project]:
     finally:
         proj.cleanup()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def new_project() -> Iterator[Callable[[], Project]]:
+    """Makes as many fresh projects as a test needs (several nodes of one mesh)."""
+    made: list[tuple[Project, Path]] = []
+
+    def make() -> Project:
+        home = Path(tempfile.mkdtemp(prefix="dm", dir="/tmp"))
+        (home / "proj").mkdir()
+        proj = Project(home / "proj", home)
+        made.append((proj, home))
+        return proj
+
+    try:
+        yield make
+    finally:
+        for proj, home in made:
+            proj.cleanup()
+            shutil.rmtree(home, ignore_errors=True)

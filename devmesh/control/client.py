@@ -96,6 +96,11 @@ class ControlClient:
         data: dict[str, Any] = self.request("GET", "/v1/status")
         return data
 
+    def peers(self) -> dict[str, Any]:
+        """GET /v1/peers."""
+        data: dict[str, Any] = self.request("GET", "/v1/peers")
+        return data
+
     def action(self, name: str, action: str) -> dict[str, Any]:
         """POST start/stop/restart of one service; the service's snapshot after it."""
         data: dict[str, Any] = self.request("POST", f"/v1/services/{name}/{action}")

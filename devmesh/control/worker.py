@@ -36,6 +36,7 @@ class ControlRole:
         app = Starlette(
             routes=[
                 Route("/v1/status", self.status, methods=["GET"]),
+                Route("/v1/peers", self.peers, methods=["GET"]),
                 Route("/v1/services/{name}/{action}", self.service_action, methods=["POST"]),
                 Route("/v1/shutdown", self.shutdown, methods=["POST"]),
             ]
@@ -87,6 +88,10 @@ class ControlRole:
     async def status(self, request: Request) -> JSONResponse:
         """GET /v1/status: the node, its services and workers."""
         return await self.ask("status")
+
+    async def peers(self, request: Request) -> JSONResponse:
+        """GET /v1/peers: the peers discovery found, and its counters."""
+        return await self.ask("peers")
 
     async def service_action(self, request: Request) -> JSONResponse:
         """POST /v1/services/{name}/{start|stop|restart}."""

@@ -357,7 +357,10 @@ class ResponseHead:
                 self.drop.append(name)
                 if name == b"connection":
                     if value not in _CONN_OPTIONS:  # a plain keep-alive or close names nothing
-                        self.drop += connection_names(value)
+                        named = connection_names(value)
+                        self.drop += named
+                        if b"via" in named:
+                            self.via = b""  # the backend's Via was for the hop to us only
                 elif name == b"transfer-encoding":
                     self._codings(value)
                 elif name == b"upgrade":

@@ -84,6 +84,8 @@ class Supervisor:
         self._proxy_sock: socket.socket | None = None
         self._proxy_key: tuple[int, int, str] | None = None  # (port, workers, lan_access) served
         self._routes: RouteTable | None = None
+        self._announced: m.Announce | None = None
+        self.peers: m.PeersUpdate = m.PeersUpdate(peers=(), stats={})
         self._routes_key: object = None
         self._routes_at = 0.0
         self._watch = FileWatch((config.path, config.root / ".env"))
@@ -233,6 +235,35 @@ class Supervisor:
             WorkerSpec("control", "devmesh.control.worker:make_role", sockets=lambda: [ctl])
         )
         self._reconcile_proxy()
+        if self.discovery_enabled:
+            self._add_worker(
+                WorkerSpec(
+                    "discovery",
+                    "devmesh.discovery.worker:make_role",
+                    settings=self._discovery_settings,
+                )
+            )
+
+    @property
+    def discovery_enabled(self) -> bool:
+        """`[discovery] enabled`, unless DEVMESH_DISCOVERY=off says otherwise for this run."""
+        env = os.environ.get("DEVMESH_DISCOVERY", "").strip().lower()
+        return self.config.discovery.enabled and env not in ("off", "0", "false", "no")
+
+    def _discovery_settings(self) -> dict[str, Any]:
+        d = self.config.discovery
+        return {
+            "node": node_identity(self.paths),
+            "boot": self.node_id,
+            "namespace": self.namespace,
+            "name": f"{socket.gethostname()}/{self.config.name}",
+            "proxy_port": self.config.proxy.port,
+            "port": d.port,
+            "broadcast_addr": d.broadcast_addr,
+            "interval": d.interval,
+            "ipv6": d.ipv6,
+            "peers": list(d.peers),
+        }
 
     def _add_worker(self, spec: WorkerSpec) -> None:
         handle = WorkerHandle(spec=spec, project=self.config.name)
@@ -295,6 +326,26 @@ class Supervisor:
         for handle in self.workers.values():
             if handle.name.startswith("proxy-"):
                 handle.send(m.RoutesUpdate(table))
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the discovery worker what this node has, when that changed."""
+        services = tuple(
+            {
+                "name": s.config.name,
+                "state": s.state.value,
+                "version": s.config.version,
+                "routes": tuple(s.config.routes),
+            }
+            for s in self.svcs.services.values()
+        )
+        msg = m.Announce(services=services, proxy_port=self.config.proxy.port)
+        if msg == self._announced:
+            return
+        self._announced = msg
+        handle = self.workers.get("discovery")
+        if handle is not None:
+            handle.send(msg)
 
     def reload(self) -> None:
         """Apply a saved config: validated first; if invalid, the running one stays."""
@@ -324,6 +375,8 @@ class Supervisor:
         self.watchdog.add_pid(handle.process.pid)
         if handle.name.startswith("proxy-") and self._routes is not None:
             handle.send(m.RoutesUpdate(self._routes))  # a restarted worker serves at once
+        if handle.name == "discovery" and self._announced is not None:
+            handle.send(self._announced)
         self.selector.register(
             handle.conn, selectors.EVENT_READ, lambda _: self._from_worker(handle)
         )
@@ -333,6 +386,8 @@ class Supervisor:
         for msg in messages:
             if isinstance(msg, m.ControlRequest):
                 handle.send(self._control(msg))
+            elif isinstance(msg, m.PeersUpdate):
+                self._peers_changed(msg)
         if eof:  # the worker's end of the pipe closed: it died
             self._worker_died(handle)
 
@@ -400,6 +455,15 @@ class Supervisor:
         self.logs.close()
         self._lock.release()
 
+    def _peers_changed(self, update: m.PeersUpdate) -> None:
+        old = {p["node"]: p for p in self.peers.peers}
+        new = {p["node"]: p for p in update.peers}
+        for node in new.keys() - old.keys():
+            self.logs.system(f"peer joined: {new[node]['name']} ({new[node]['address']})")
+        for node in old.keys() - new.keys():
+            self.logs.system(f"peer left: {old[node]['name']} ({old[node]['address']})")
+        self.peers = update
+
     # ------------------------------------------------------------------ control
 
     def _control(self, req: m.ControlRequest) -> m.ControlReply:
@@ -408,6 +472,8 @@ class Supervisor:
 
         if req.action == "status":
             return m.ControlReply(id=req.id, ok=True, data=self.status())
+        if req.action == "peers":
+            return m.ControlReply(id=req.id, ok=True, data=self.peers_document())
         if req.action == "shutdown":
             if not self.shutting_down:
                 self.logs.system("shutdown requested (devmesh down)")
@@ -459,6 +525,36 @@ class Supervisor:
             ],
             "workers": [w.snapshot() for w in self.workers.values()],
         }
+
+    def peers_document(self) -> dict[str, Any]:
+        """`devmesh peers --json`: this node, its peers and the discovery counters."""
+        wall = time.time()
+        d = self.config.discovery
+        on = self.discovery_enabled
+        return {
+            "node": node_identity(self.paths) if on else None,
+            "namespace": self.namespace,
+            "discovery": {"enabled": on, "port": d.port, "interval": d.interval},
+            "peers": [
+                p | {"seen_ago": round(max(0.0, wall - p["last_seen"]), 3)}
+                for p in self.peers.peers
+            ],
+            "stats": self.peers.stats,
+        }
+
+
+def node_identity(paths: ProjectPaths) -> str:
+    """This project's node id on this machine: random once, then kept in the state dir."""
+    path = paths.state / "node-id"
+    try:
+        node = path.read_text().strip()
+    except OSError:
+        node = ""
+    if not node:
+        node = secrets.token_hex(8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(node + "\n")
+    return node
 
 
 def bind_proxy(port: int) -> socket.socket:

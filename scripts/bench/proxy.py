@@ -1341,7 +1341,7 @@ def configs(lay: Layout, args: argparse.Namespace) -> list[str]:
         "caddy": ("Caddy: Caddyfile", "", caddyfile),
     }
     for proxy in PROXY_NAMES:
-        if proxy in args.proxies:
+        if proxy in args.proxies and proxy in makers:  # the relay has no config: its source
             title, lang, make = makers[proxy]
             files.append((title, lang, make(lay)))
     out: list[str] = []

@@ -241,10 +241,12 @@ def warm_up(source: DevmeshSource) -> None:
 
 
 def plan_devmesh(work: Path, services: Sequence[Service]) -> Plan:
-    """A devmesh.toml with one `[services.sNNN]` per service; `devmesh up -f`."""
+    """A devmesh.toml with one `[services.sNNN]` per service, no LAN discovery (nothing leaves
+    this machine); `devmesh up -f`."""
     config = work / "devmesh.toml"
     config.write_text(
-        "".join(f"[services.{s.name}]\ncommand = {_toml_str(s.command)}\n\n" for s in services)
+        "[discovery]\nenabled = false\n\n"
+        + "".join(f"[services.{s.name}]\ncommand = {_toml_str(s.command)}\n\n" for s in services)
     )
     return Plan(
         argv=[sys.executable, "-m", "devmesh", "up", "-f", str(config)],

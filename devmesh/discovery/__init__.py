@@ -1,0 +1,1 @@
+"""Finding the other devmesh nodes of a namespace on the LAN."""
