@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +24,10 @@ pytestmark = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_un
 INTERVAL = 0.3
 SERVICE = """
 [services.{name}]
-command = "python3 -m http.server $PORT --bind 127.0.0.1"
+command = "python3 -m http.server $PORT --bind 127.0.0.1 --directory site"
 version = "{version}"
 """
+CLIENT = Path(__file__).parent / "fixtures" / "lab_client.py"
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +48,12 @@ def node(
     namespace: str = "team",
     discovery: str = "",
     version: str = "1.0",
+    body: str = "",
 ) -> Project:
-    """A devmesh node on lab host `host` running one service, up and answering."""
+    """A devmesh node on lab host `host` running one service (whose page says `body`), up
+    and answering."""
     proj = new_project()
+    proj.write("site/index.html", (body or f"{service} on host {host}") + "\n")
     proj.env.pop("DEVMESH_DISCOVERY")  # inside the lab, discovery is on
     proj.prefix = lab.exec(host, [])
     proj.toml(
@@ -126,3 +133,80 @@ def test_namespaces_are_isolated(new_project: Callable[[], Project], lab: Lab) -
     )
     assert services_seen(other) == set()
     assert services_seen(b) == {"api"}
+
+
+def get(lab: Lab, host: int, address: str, port: int, name: str, count: int, *headers: str) -> Any:
+    """`count` GETs for service `name` from inside lab host `host`; the client's report."""
+    argv = lab.exec(host, [sys.executable, str(CLIENT), address, str(port), name, str(count), "20"])
+    out = subprocess.run([*argv, *headers], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def sees(proj: Project, service: str, nodes: int) -> bool:
+    """Whether `proj` knows `nodes` peers that run `service`."""
+    return (
+        sum(
+            1
+            for p in peers_json(proj)["peers"]
+            for s in p["services"]
+            if s["name"] == service and s["state"] == "running"
+        )
+        == nodes
+    )
+
+
+def test_peer_routing_ingress_and_loops(new_project: Callable[[], Project], lab: Lab) -> None:
+    a = node(new_project, lab, 1, "api", body="api of A")
+    b = node(new_project, lab, 2, "web")
+    wait_until(lambda: sees(b, "api", 1) and sees(a, "web", 1), 10, "the nodes see each other")
+    # B runs no api: its proxy forwards to A's, which serves its own.
+    report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 5)
+    assert report == {"ok": 5, "other": {}, "bodies": {"api of A": 5}}
+    # Host 3 runs no devmesh: not a peer, so A's proxy refuses it (lan_access = "peers").
+    report = get(lab, 3, lab.ip(1), a.proxy_port, "api", 1)
+    assert report["ok"] == 0 and next(iter(report["other"])).startswith("403")
+    # A forwarded request is served from the node's own process or not at all.
+    report = get(lab, 2, lab.ip(1), a.proxy_port, "web", 1, "X-DevMesh-Hop:some-node")
+    assert next(iter(report["other"])).startswith("508")
+    # B's own api, once running, is preferred over A's.
+    b.toml(
+        (b.root / "devmesh.toml").read_text().replace(f"[proxy]\nport = {b.proxy_port}\n", "")
+        + SERVICE.format(name="api", version="1.0")
+    )
+    wait_until(
+        lambda: any(s["name"] == "api" and s["state"] == "running" for s in b.status()["services"]),
+        15,
+        "B's own api running",
+    )
+    report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 3)
+    assert report["bodies"] == {"web on host 2": 3}  # B's site directory serves both
+
+
+def test_failover_while_requests_flow(new_project: Callable[[], Project], lab: Lab) -> None:
+    a = node(new_project, lab, 1, "api", body="api of A")
+    b = node(new_project, lab, 2, "web")
+    c = node(new_project, lab, 3, "api", body="api of C")
+    wait_until(lambda: sees(b, "api", 2), 10, "node 2 sees both copies of api")
+    wait_until(lambda: sees(a, "web", 1) and sees(c, "web", 1), 10, "both see node 2")
+    argv = lab.exec(
+        2,
+        [sys.executable, str(CLIENT), "127.0.0.1", str(b.proxy_port), "api", "3000", "20"],
+    )
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "going"
+        # kill -9 of whichever node serves first: no goodbye, its proxy is gone at once.
+        first = a if "api of A" in get(lab, 2, "127.0.0.1", b.proxy_port, "api", 1)["bodies"] else c
+        first.running[0].proc.send_signal(signal.SIGKILL)
+        out, _ = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    report = json.loads(out.splitlines()[-1])
+    assert report["other"] == {}, report
+    assert report["ok"] >= 500
+    survivor = "api of C" if first is a else "api of A"
+    assert report["bodies"][survivor] > 0

@@ -6,16 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devmesh.proxy.ingress import admits
 from devmesh.proxy.router import (
     HOST_CACHE_SIZE,
     Router,
     normalize_host,
     prefix_matches,
     request_path,
+    retarget,
     route_prefix,
     service_name,
 )
-from devmesh.proxy.table import RouteTable, ServiceRoute, Upstream
+from devmesh.proxy.table import PeerRoute, PeerService, RouteTable, ServiceRoute, Upstream
 
 label = st.from_regex(r"[a-z][a-z0-9-]{0,14}", fullmatch=True)
 
@@ -201,3 +203,69 @@ def test_router_matches_a_brute_force_model(
     expected = best[1] if best else (host if host in names else None)
     found = r.resolve(host.encode(), target)
     assert (found.name if found else None) == expected
+
+
+def peer(node: str, port: int, *services: tuple[str, str]) -> PeerRoute:
+    return PeerRoute(
+        node, f"host-{node}", f"10.0.0.{port % 250}", port, tuple(PeerService(*s) for s in services)
+    )
+
+
+def test_candidates_local_first_then_peers_and_peer_only_services() -> None:
+    peers = (
+        peer("b", 8082, ("api", "running"), ("billing", "running")),
+        peer("a", 8081, ("api", "running"), ("web", "stopped")),
+    )
+    table = RouteTable(1, 8080, (svc("api", 5000), svc("web", None)), peers, node="me")
+    router = Router(table)
+    api = router.get("api")
+    assert api is not None and api.key == ("127.0.0.1", 5000)
+    assert [c.peer for c in api.candidates] == ["", "a", "b"]  # peers in node order
+    assert api.here is not None and api.here.candidates == (api.candidates[0],)
+    # Not running here and nowhere else: nowhere to go (web is stopped on its peer too).
+    web = router.get("web")
+    assert web is not None and web.key is None and web.here is None
+    # Only on a peer: reached through that peer's proxy, with the hop header.
+    billing = router.get("billing")
+    assert billing is not None and billing.key == ("10.0.0.82", 8082)
+    assert billing.host_line == b"Host: billing.localhost:8082\r\nX-DevMesh-Hop: me\r\n"
+    assert router.peer_ips == {"10.0.0.81", "10.0.0.82"}
+    # A service that is starting here: the running peers first, then this node's process.
+    starting = Router(
+        RouteTable(
+            1,
+            8080,
+            (ServiceRoute("api", Upstream("127.0.0.1", 5000), "starting"),),
+            peers,
+            node="me",
+        )
+    ).get("api")
+    assert starting is not None and [c.peer for c in starting.candidates] == ["a", "b", ""]
+
+
+def test_retarget_swaps_the_host_line() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: api.localhost:8080\r\nA: 1\r\n\r\n"
+    peer_line = b"Host: api.localhost:8081\r\nX-DevMesh-Hop: me\r\n"
+    moved = retarget(head, b"Host: api.localhost:8080\r\n", peer_line)
+    assert moved == b"GET / HTTP/1.1\r\n" + peer_line + b"A: 1\r\n\r\n"
+    assert retarget(moved, peer_line, b"Host: api.localhost:8080\r\n") == head
+    kept = b"GET / HTTP/1.1\r\nHost: API:8080\r\nA: 1\r\n\r\n"
+    assert retarget(kept, None, peer_line) == b"GET / HTTP/1.1\r\n" + peer_line + b"A: 1\r\n\r\n"
+    assert retarget(kept, None, None) == kept
+
+
+@pytest.mark.parametrize(
+    ("host", "access", "ok"),
+    [
+        ("127.0.0.1", "none", True),
+        ("::1", "peers", True),
+        ("10.0.0.81", "peers", True),
+        ("::ffff:10.0.0.81", "peers", True),
+        ("fe80::1%2", "peers", True),
+        ("10.0.0.99", "peers", False),
+        ("10.0.0.81", "none", False),
+        ("10.0.0.99", "any", True),
+    ],
+)
+def test_ingress_admits_peers(host: str, access: str, ok: bool) -> None:
+    assert admits(host, access, frozenset({"10.0.0.81", "fe80::1"})) is ok

@@ -25,7 +25,7 @@ from devmesh.proxy.flow import BUFFER, PIPELINE, UPGRADE, UPSTREAM, ReadGate
 from devmesh.proxy.headers import HeadersTooLarge, RequestHead
 from devmesh.proxy.ingress import admits
 from devmesh.proxy.outbox import Outbox
-from devmesh.proxy.router import absolute_form
+from devmesh.proxy.router import absolute_form, retarget
 
 if TYPE_CHECKING:
     from devmesh.proxy.router import Target
@@ -97,7 +97,7 @@ class ClientProtocol(Outbox):
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else None
         self.client_ip = (host or "unix").encode("latin-1")
-        self.admitted = admits(host, self.settings.lan_access)
+        self.admitted = admits(host, self.settings.lan_access, server.router.peer_ips)
         self.since = server.now
         server.connections.add(self)
         if server.closing:
@@ -218,9 +218,12 @@ class ClientProtocol(Outbox):
                 router = server.router
                 # A known Host without path routes is one dict lookup, else the full lookup.
                 target = router.host_only.get(host) or router.resolve(host, url)
+                if head.rare and head.mesh_hop and target is not None:
+                    target = self._forwarded(ex, target, head.mesh_hop)
                 if target is None:
-                    ex.local = 404
-                    ex.host = host  # for the page
+                    if not ex.local:
+                        ex.local = 404
+                        ex.host = host  # for the page
                 elif target.key is None:
                     ex.target = target
                     ex.local = 503
@@ -280,6 +283,16 @@ class ClientProtocol(Outbox):
             self._local(ex, 501, "transfer codings other than chunked are not supported")
         elif not host and not ex.http10:
             self._local(ex, 400, "no Host header")
+
+    def _forwarded(self, ex: Exchange, target: Target, hop: bytes) -> Target | None:
+        """A peer's proxy sent this request: it is served by this node's own process or not
+        at all (forwarding it again could go round in circles)."""
+        router = self.server.router
+        if hop == router.table.node.encode("latin-1") or target.here is None:
+            where = "it came back to this node" if target.here is not None else "not running here"
+            self._local(ex, 508, f"a peer forwarded a request for {target.name}: {where}")
+            return None
+        return target.here
 
     def _local(self, ex: Exchange, status: int, detail: str) -> None:
         ex.local = status
@@ -423,14 +436,36 @@ class ClientProtocol(Outbox):
             self.since = self.server.now
 
     def upstream_failed(self, ex: Exchange, status: int, detail: str) -> None:
-        """The backend could not be reached (503) or broke off (502)."""
+        """The backend could not be reached (503) or broke off (502): the next candidate, if
+        there is one and the request can be sent again, else the proxy's own answer."""
         if ex.dead or ex is not self.active:
             return
         if ex.resp_started:
             self.close()  # a truncated response is the only honest signal left
             return
+        if self.retry(ex, status):
+            return
         self._local(ex, status, detail)
         self._answer_local(ex)
+
+    def retry(self, ex: Exchange, status: int) -> bool:
+        """Send `ex` to the target's next candidate (`[proxy] retries` times at most): after a
+        failed connect (503: nothing was sent), or a broken connection or a 5xx answer for a
+        request that may be repeated. False if it cannot be."""
+        target = ex.target
+        if target is None or ex.attempt >= min(len(target.candidates) - 1, self.settings.retries):
+            return False
+        if status != 503 and not ex.repeatable:
+            return False
+        old = target.candidates[ex.attempt]
+        ex.attempt += 1
+        new = target.candidates[ex.attempt]
+        line = target.line_for(new)
+        if line is None and old.peer:  # the client's own Host is gone: the canonical one
+            line = f"Host: {target.name}.localhost:{target.proxy_port}\r\n".encode("latin-1")
+        ex.head = retarget(ex.head, target.line_for(old), line)
+        self.server.pool(new.key).acquire(ex)
+        return True
 
     def _finish(self, ex: Exchange) -> None:
         """`ex` is answered: close, or go on with the next request."""

@@ -55,6 +55,7 @@ class Exchange:
     chunk_out = False  # the proxy chunks the response body for the client
     close_after = False  # the client connection closes after this response
     retried = False
+    attempt = 0  # which of the target's candidates serves it
     dead = False  # the client went away
 
     def __init__(self, client: ClientProtocol, method: bytes, trace: bytes) -> None:
@@ -63,9 +64,15 @@ class Exchange:
         self.trace = trace
 
     @property
+    def repeatable(self) -> bool:
+        """Has no body and repeating it changes nothing (RFC 9110 §9.2.2): it may be sent
+        again after a connection broke, or to another candidate after a 5xx."""
+        return self.body_kind == NO_BODY and self.method in IDEMPOTENT
+
+    @property
     def retryable(self) -> bool:
         """May be sent again on a fresh connection if a pooled one failed before answering."""
-        return not self.retried and self.body_kind == NO_BODY and self.method in IDEMPOTENT
+        return not self.retried and self.repeatable
 
     @property
     def as_json(self) -> bool:

@@ -23,7 +23,9 @@ _TRACE_CHARS = b"0123456789abcdefABCDEFghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ-
 # ---- request side ----
 
 # Kinds of request headers that are not copied through unchanged.
-_HOST, _CONN, _HOP, _TE, _CL, _UPGRADE, _XFF, _DROP, _VIA, _TRACE, _ACCEPT, _EXPECT = range(12)
+(_HOST, _CONN, _HOP, _TE, _CL, _UPGRADE, _XFF, _DROP, _VIA, _TRACE, _ACCEPT, _EXPECT, _MESH_HOP) = (
+    range(13)
+)
 REQUEST_SPECIAL: dict[bytes, int] = {
     b"host": _HOST,
     b"connection": _CONN,
@@ -41,6 +43,7 @@ REQUEST_SPECIAL: dict[bytes, int] = {
     b"x-devmesh-trace-id": _TRACE,
     b"accept": _ACCEPT,
     b"expect": _EXPECT,
+    b"x-devmesh-hop": _MESH_HOP,  # set by a peer's proxy: serve from here only; not passed on
 }
 _REQUEST_LENGTHS = frozenset(map(len, REQUEST_SPECIAL))
 # Connection options that are not header names.
@@ -70,6 +73,7 @@ class RequestHead:
         "hosts",
         "limit",
         "lines",
+        "mesh_hop",
         "rare",
         "size",
         "te_other",
@@ -109,6 +113,7 @@ class RequestHead:
         self.upgrade = b""
         self.xff = b""
         self.via = b""
+        self.mesh_hop = b""
 
     def add(self, name: bytes, value: bytes) -> None:
         """One header as the parser saw it (name in its original case)."""
@@ -161,6 +166,8 @@ class RequestHead:
             self.xff = self.xff + b", " + value if self.xff else value
         elif kind == _VIA:
             self.via = self.via + b", " + value if self.via else value
+        elif kind == _MESH_HOP:
+            self.mesh_hop = value
 
     def build(
         self,

@@ -1,7 +1,8 @@
 """Who may use the proxy: loopback always; other addresses depending on `lan_access`.
 
-A stub of the ingress policy (ARCHITECTURE §4): discovered and authenticated peers come with
-discovery; until then a non-loopback client is refused unless `lan_access = "any"`.
+The ingress policy of ARCHITECTURE §4 without a team secret: a request from loopback is always
+served; from another address only from a discovered peer of this namespace (`peers`, the
+default), from anyone (`any`: phones, tablets) or from no one (`none`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-def admits(host: str | None, lan_access: str) -> bool:
-    """Whether a client at `host` (None: a unix socket) may send requests."""
-    if host is None or lan_access == "any":
+def admits(host: str | None, lan_access: str, peers: frozenset[str] = frozenset()) -> bool:
+    """Whether a client at `host` (None: a unix socket) may send requests; `peers` are the
+    addresses of the discovered peers of this namespace."""
+    if host is None or lan_access == "any" or is_loopback(host):
         return True
-    return is_loopback(host)
+    if lan_access == "peers":
+        plain = host.partition("%")[0]
+        return plain in peers or plain.removeprefix("::ffff:") in peers
+    return False

@@ -11,12 +11,26 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from devmesh.proxy.table import RouteTable, ServiceRoute
+from devmesh.proxy.table import PeerRoute, RouteTable, ServiceRoute
 
 LOCALHOST_SUFFIX = ".localhost"
 # Lookups by raw Host bytes are cached; a client inventing a new Host per request must not
 # grow the cache without bound, so it is dropped when full (rebuilt from the hot names).
 HOST_CACHE_SIZE = 1024
+
+
+HOP_HEADER = b"X-DevMesh-Hop"
+# Peer states whose proxies are asked for a service.
+SERVING = frozenset(("running", "external"))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One place a service can be reached: this node's own process, or a peer's proxy."""
+
+    key: tuple[str, int]  # the pool key: address and port
+    peer: str = ""  # the peer's node id; "" for this node's own service
+    peer_name: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,10 +39,24 @@ class Target:
 
     route: ServiceRoute
     proxy_port: int
-    # The Host line sent to the backend; None: the client's Host is kept.
+    # The Host line sent to the first candidate (with the hop header when it is a peer);
+    # None: the client's Host is kept.
     host_line: bytes | None
     url: str  # http://<name>.localhost:<port>/, for pages
-    key: tuple[str, int] | None = field(default=None)  # the pool key; None: no upstream
+    key: tuple[str, int] | None = field(default=None)  # the first candidate; None: nowhere
+    # Where the service can be reached, best first: the rest are tried when one fails.
+    candidates: tuple[Candidate, ...] = ()
+    # The same service served by this node's own process only (what a peer's request gets);
+    # None when it has none that may serve.
+    here: Target | None = None
+    # The Host line for this node's own process (None: the client's is kept), and the one
+    # (with the hop header) for a peer's proxy.
+    own_line: bytes | None = None
+    peer_lines: dict[str, bytes] = field(default_factory=dict)
+
+    def line_for(self, candidate: Candidate) -> bytes | None:
+        """The Host line (and hop header) a request for `candidate` carries."""
+        return self.peer_lines[candidate.peer] if candidate.peer else self.own_line
 
     @property
     def name(self) -> str:
@@ -80,6 +108,19 @@ def prefix_matches(path: bytes, prefix: bytes) -> bool:
     return len(path) == n or path[n] in b"/?"
 
 
+def retarget(head: bytes, old: bytes | None, new: bytes | None) -> bytes:
+    """A request head built for one candidate, for another: the Host line (and hop header)
+    that follows the request line is swapped. `None` is the client's own Host line."""
+    start = head.index(b"\r\n") + 2
+    if old is None:
+        end = head.index(b"\r\n", start) + 2 if head.startswith(b"Host:", start) else start
+    else:
+        end = start + len(old)
+    if new is None:
+        return head if old is None else head[:start] + head[end:]
+    return head[:start] + new + head[end:]
+
+
 def request_path(target: bytes) -> bytes:
     """The path of a request-target (origin form): `/a/b?q` -> `/a/b`."""
     end = target.find(b"?")
@@ -109,7 +150,18 @@ class Router:
     def __init__(self, table: RouteTable) -> None:
         self.table = table
         self.proxy_port = table.proxy_port
-        self.targets: list[Target] = [self._target(s) for s in table.services]
+        self.hop_line = HOP_HEADER + b": " + table.node.encode("latin-1") + b"\r\n"
+        # Peer addresses (without an IPv6 scope): the clients `lan_access = "peers"` admits.
+        self.peer_ips = frozenset(p.address.partition("%")[0] for p in table.peers)
+        local = {s.name for s in table.services}
+        remote_only = sorted(
+            {s.name for p in table.peers for s in p.services if s.name not in local}
+        )
+        routes = [
+            *table.services,
+            *(ServiceRoute(name=n, upstream=None, state="remote") for n in remote_only),
+        ]
+        self.targets: list[Target] = [self._target(s, table.peers) for s in routes]
         # Names first, then aliases: a service's own name beats another's alias.
         self._by_name: dict[str, Target] = {}
         for t in self.targets:
@@ -133,7 +185,7 @@ class Router:
         # data path tries first.
         self.host_only: dict[bytes, Target | None] = {} if self._prefixes else self._host_cache
 
-    def _target(self, route: ServiceRoute) -> Target:
+    def _target(self, route: ServiceRoute, peers: tuple[PeerRoute, ...]) -> Target:
         port = self.proxy_port
         if route.host_header == "keep":
             host_line = None
@@ -142,8 +194,50 @@ class Router:
         else:
             host_line = f"Host: {route.host_header}\r\n".encode("latin-1")
         up = route.upstream
-        key = (up.host, up.port) if up is not None else None
-        return Target(route, port, host_line, f"http://{route.name}.localhost:{port}/", key)
+        local_key = (up.host, up.port) if up is not None else None
+        candidates = self._candidates(route, local_key, peers)
+        # A peer's proxy routes by the name and rewrites the Host for its own service.
+        peer_lines = {
+            c.peer: f"Host: {route.name}.localhost:{c.key[1]}\r\n".encode("latin-1") + self.hop_line
+            for c in candidates
+            if c.peer
+        }
+        url = f"http://{route.name}.localhost:{port}/"
+        here = None
+        if local_key is not None:
+            own = (Candidate(local_key),)
+            here = Target(route, port, host_line, url, local_key, own, None, host_line)
+        first = candidates[0] if candidates else None
+        return Target(
+            route,
+            port,
+            peer_lines[first.peer] if first is not None and first.peer else host_line,
+            url,
+            first.key if first is not None else None,
+            candidates,
+            here,
+            host_line,
+            peer_lines,
+        )
+
+    @staticmethod
+    def _candidates(
+        route: ServiceRoute, local_key: tuple[str, int] | None, peers: tuple[PeerRoute, ...]
+    ) -> tuple[Candidate, ...]:
+        """Where `route` can be served, best first: this node's own process when it runs,
+        else the peers that run it (then this node's process, if it is starting)."""
+        remote = tuple(
+            Candidate((p.address, p.proxy_port), p.node, p.name)
+            for p in sorted(peers, key=lambda p: p.node)
+            for s in p.services
+            if s.name == route.name and s.state in SERVING
+        )
+        if local_key is None:
+            return remote
+        local = Candidate(local_key)
+        if route.state in SERVING:
+            return (local, *remote)
+        return (*remote, local)
 
     @property
     def has_path_routes(self) -> bool:

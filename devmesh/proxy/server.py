@@ -41,6 +41,7 @@ class Settings:
     pool_max_idle: int = 64  # idle connections kept per backend
     pool_idle_timeout: float = 60.0
     connect_timeout: float = 10.0
+    retries: int = 2  # other candidates (peers) tried when one fails
     grace: float = 5.0  # how long a stop waits for requests in flight
 
     @classmethod

@@ -39,9 +39,32 @@ class ServiceRoute:
 
 
 @dataclass(frozen=True)
+class PeerService:
+    """A service as a peer announced it."""
+
+    name: str
+    state: str
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class PeerRoute:
+    """Another node of the namespace: its proxy serves its services to us."""
+
+    node: str
+    name: str  # host/project, for pages and `devmesh status --routes`
+    address: str  # its IP (a link-local IPv6 one with %scope)
+    proxy_port: int
+    services: tuple[PeerService, ...] = ()
+
+
+@dataclass(frozen=True)
 class RouteTable:
-    """Every service of this node, in config order, and the proxy's own port."""
+    """Every service of this node, in config order, the proxy's own port, and the peers of the
+    namespace (whose proxies serve what is not running here)."""
 
     version: int
     proxy_port: int
     services: tuple[ServiceRoute, ...] = ()
+    peers: tuple[PeerRoute, ...] = ()
+    node: str = ""  # this node's id: a request forwarded with it has looped

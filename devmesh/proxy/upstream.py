@@ -180,6 +180,14 @@ class UpstreamConn(Outbox):
             return
         self.reading_head = False
         self.hbuf = b""
+        if code >= 500 and ex.target is not None and len(ex.target.candidates) > 1:
+            # Another candidate may do better: this answer is dropped (with its connection).
+            self.ex = None
+            ex.upstream = None
+            if ex.client.retry(ex, code):
+                self.close()
+                return
+            self.ex, ex.upstream = ex, self
         self.in_body = True
         # Read inside the callback (after feed_data returns it says False): the flags it reads
         # are final once the headers are parsed, and the HEAD and straight-through paths end

@@ -33,7 +33,7 @@ from devmesh.supervisor.lifecycle import ServiceSet
 from devmesh.supervisor.lock import ProjectLock
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.reload import FileWatch, diff
-from devmesh.supervisor.routes import build_table, url
+from devmesh.supervisor.routes import build_table, peer_routes, url
 from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, WorkerHandle, WorkerSpec
@@ -294,7 +294,11 @@ class Supervisor:
         self._proxy_key = key
         sock = self._proxy_sock
         assert sock is not None
-        settings = {"proxy_port": proxy.port, "lan_access": proxy.lan_access.value}
+        settings = {
+            "proxy_port": proxy.port,
+            "lan_access": proxy.lan_access.value,
+            "retries": proxy.retries,
+        }
         for i in range(1, proxy.workers + 1):
             self._add_worker(
                 WorkerSpec(
@@ -310,7 +314,8 @@ class Supervisor:
         svcs = self.svcs
         # Every transition bumps a service's timer token; a service that is not running also
         # gets its log tail refreshed once a second, for the 503 page.
-        key = (tuple(s.timer_token for s in svcs.services.values()), tuple(svcs.services))
+        peers = peer_routes(self.peers.peers)
+        key = (tuple(s.timer_token for s in svcs.services.values()), tuple(svcs.services), peers)
         now = time.monotonic()
         stale = now - self._routes_at > TICK and any(
             s.state is not ServiceState.RUNNING for s in svcs.services.values()
@@ -318,9 +323,14 @@ class Supervisor:
         if not force and key == self._routes_key and not stale:
             return
         version = self._routes.version + 1 if self._routes else 1
-        table = build_table(version, self.config.proxy.port, svcs.services.values(), self.logs.tail)
+        node = node_identity(self.paths) if self.discovery_enabled else ""
+        table = build_table(
+            version, self.config.proxy.port, svcs.services.values(), self.logs.tail, peers, node
+        )
         self._routes_key, self._routes_at = key, now
-        if self._routes is not None and table.services == self._routes.services and not force:
+        old = self._routes
+        same = old is not None and (table.services, table.peers) == (old.services, old.peers)
+        if same and not force:
             return
         self._routes = table
         for handle in self.workers.values():
@@ -463,6 +473,7 @@ class Supervisor:
         for node in old.keys() - new.keys():
             self.logs.system(f"peer left: {old[node]['name']} ({old[node]['address']})")
         self.peers = update
+        self._push_routes()
 
     # ------------------------------------------------------------------ control
 

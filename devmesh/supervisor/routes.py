@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from devmesh.proxy.table import RouteTable, ServiceRoute, Upstream
+from devmesh.proxy.table import PeerRoute, PeerService, RouteTable, ServiceRoute, Upstream
 from devmesh.supervisor.service import Service
 from devmesh.supervisor.states import ServiceState
 
@@ -33,17 +34,37 @@ def service_route(svc: Service, tail: Callable[[str, int], list[str]]) -> Servic
     )
 
 
+def peer_routes(peers: Iterable[dict[str, Any]]) -> tuple[PeerRoute, ...]:
+    """The peers as the proxy needs them, from the discovery worker's report."""
+    return tuple(
+        PeerRoute(
+            node=p["node"],
+            name=p["name"],
+            address=p["address"],
+            proxy_port=p["proxy_port"],
+            services=tuple(
+                PeerService(s["name"], s["state"], s.get("version")) for s in p["services"]
+            ),
+        )
+        for p in peers
+    )
+
+
 def build_table(
     version: int,
     proxy_port: int,
     services: Iterable[Service],
     tail: Callable[[str, int], list[str]],
+    peers: tuple[PeerRoute, ...] = (),
+    node: str = "",
 ) -> RouteTable:
-    """The whole table, in config order."""
+    """The whole table, in config order, with the peers of the namespace."""
     return RouteTable(
         version=version,
         proxy_port=proxy_port,
         services=tuple(service_route(s, tail) for s in services),
+        peers=peers,
+        node=node,
     )
 
 
