@@ -49,6 +49,8 @@ def node(
     discovery: str = "",
     version: str = "1.0",
     body: str = "",
+    extra: str = "",
+    only: tuple[str, ...] = (),
 ) -> Project:
     """A devmesh node on lab host `host` running one service (whose page says `body`), up
     and answering."""
@@ -60,8 +62,9 @@ def node(
         f'[mesh]\nnamespace = "{namespace}"\n\n'
         f'[discovery]\ninterval = "{int(INTERVAL * 1000)}ms"\n{discovery}\n'
         + SERVICE.format(name=service, version=version)
+        + extra.replace("[proxy]\n", f"[proxy]\nport = {proj.proxy_port}\n")
     )
-    proj.up()
+    proj.up(*only)
     proj.wait_state(service, "running")
     return proj
 
@@ -162,7 +165,7 @@ def test_peer_routing_ingress_and_loops(new_project: Callable[[], Project], lab:
     wait_until(lambda: sees(b, "api", 1) and sees(a, "web", 1), 10, "the nodes see each other")
     # B runs no api: its proxy forwards to A's, which serves its own.
     report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 5)
-    assert report == {"ok": 5, "other": {}, "bodies": {"api of A": 5}}
+    assert report["ok"] == 5 and report["bodies"] == {"api of A": 5}
     # Host 3 runs no devmesh: not a peer, so A's proxy refuses it (lan_access = "peers").
     report = get(lab, 3, lab.ip(1), a.proxy_port, "api", 1)
     assert report["ok"] == 0 and next(iter(report["other"])).startswith("403")
@@ -210,3 +213,71 @@ def test_failover_while_requests_flow(new_project: Callable[[], Project], lab: L
     assert report["ok"] >= 500
     survivor = "api of C" if first is a else "api of A"
     assert report["bodies"][survivor] > 0
+
+
+def test_ipv6_only_discovery_and_routing(new_project: Callable[[], Project], lab: Lab) -> None:
+    """No IPv4 broadcast: the nodes find each other over IPv6 link-local multicast and route
+    over their link-local addresses."""
+    only6 = 'broadcast_addr = ""\nipv6 = true'
+    a = node(new_project, lab, 1, "api", discovery=only6, body="api of A")
+    b = node(new_project, lab, 2, "web", discovery=only6)
+    wait_until(lambda: sees(b, "api", 1) and sees(a, "web", 1), 10, "discovery over IPv6")
+    [peer] = peers_json(b)["peers"]
+    assert peer["address"].startswith("fe80::") and "%" in peer["address"]
+    report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 3)
+    assert report["ok"] == 3 and report["bodies"] == {"api of A": 3}
+
+
+def test_static_peers_without_broadcast(new_project: Callable[[], Project], lab: Lab) -> None:
+    """Broadcast and multicast off: only the configured peers are announced to."""
+
+    def static(*hosts: int) -> str:
+        peers = ", ".join(f'"{lab.ip(h)}:35555"' for h in hosts)
+        return f'broadcast_addr = ""\nipv6 = false\npeers = [{peers}]'
+
+    a = node(new_project, lab, 1, "api", discovery=static(2))
+    b = node(new_project, lab, 2, "web", discovery=static(1))
+    c = node(new_project, lab, 3, "jobs", discovery='broadcast_addr = ""\nipv6 = false')
+    wait_until(lambda: services_seen(a) == {"web"}, 10, "A and B through static peers")
+    wait_until(lambda: services_seen(b) == {"api"}, 10, "B sees A")
+    # C announces to no one and nobody names it: it stays alone, and alone it is.
+    assert services_seen(c) == set()
+    assert services_seen(a) == {"web"} and peers_json(c)["stats"]["received"] == 0
+
+
+def test_partition_and_heal(new_project: Callable[[], Project], lab: Lab) -> None:
+    a = node(new_project, lab, 1, "api")
+    b = node(new_project, lab, 2, "web")
+    c = node(new_project, lab, 3, "jobs")
+    wait_until(lambda: services_seen(a) == {"web", "jobs"}, 10, "all joined")
+    lab.cut(3)
+    try:
+        wait_until(lambda: services_seen(a) == {"web"}, 3 * INTERVAL + 3, "node 3 cut off")
+        wait_until(lambda: services_seen(c) == set(), 3 * INTERVAL + 3, "node 3 alone")
+        assert services_seen(b) == {"api"}
+    finally:
+        lab.heal(3)
+    wait_until(lambda: services_seen(a) == {"web", "jobs"}, 5, "node 3 back")
+    wait_until(lambda: services_seen(c) == {"api", "web"}, 5, "node 3 sees the others again")
+
+
+def test_versions_warn_or_refuse(new_project: Callable[[], Project], lab: Lab) -> None:
+    """A peer running another version than this node declares: used with a warning header
+    and a log line, or with `version_strict` refused with a page naming both versions."""
+    a = node(new_project, lab, 1, "api", version="2.0", body="api of A")
+    declared = SERVICE.format(name="api", version="1.0")
+    b = node(new_project, lab, 2, "web", extra=declared, only=("web",))
+    strict = "\n[proxy]\nversion_strict = true\n"
+    c = node(new_project, lab, 3, "jobs", extra=declared + strict, only=("jobs",))
+    wait_until(lambda: sees(b, "api", 1) and sees(c, "api", 1), 10, "B and C see A's api")
+    wait_until(lambda: sees(a, "web", 1) and sees(a, "jobs", 1), 10, "A sees B and C")
+    report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 2)
+    assert report["bodies"] == {"api of A": 2}
+    warning = report["headers"]["x-devmesh-version-warning"]
+    assert "2.0" in warning and "1.0" in warning
+    wait_until(lambda: "version mismatch: api is 2.0" in b.running[0].text(), 5, "the log line")
+    report = get(lab, 3, "127.0.0.1", c.proxy_port, "api", 1, "Accept:application/json")
+    [(answer, count)] = report["other"].items()
+    assert answer.startswith("502") and count == 1
+    detail = json.loads(answer[4:])["detail"]
+    assert "version mismatch" in detail and "2.0" in detail and "1.0" in detail

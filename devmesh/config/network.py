@@ -6,7 +6,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from devmesh.config.model import HealthCheck
-from devmesh.config.values import MAX_NAME, NAME_RE, BadValue, as_text, show
+from devmesh.config.values import MAX_NAME, NAME_RE, BadValue, as_str, as_text, show
 
 
 def is_hostname(text: str) -> bool:
@@ -57,13 +57,16 @@ def as_host_port(value: object) -> str:
 
 
 def as_ipv4(value: object) -> str:
-    """An IPv4 address, e.g. a broadcast address."""
-    text = as_text(value)
+    """An IPv4 address, e.g. a broadcast address; "" for none (no IPv4 broadcast)."""
+    text = as_str(value).strip()
+    if not text:
+        return text
     try:
         ipaddress.IPv4Address(text)
     except ValueError:
         raise BadValue(
-            f"{show(value)} is not an IPv4 address", 'write it like "255.255.255.255"'
+            f"{show(value)} is not an IPv4 address",
+            'write it like "255.255.255.255", or "" for no IPv4 broadcast',
         ) from None
     return text
 

@@ -227,8 +227,12 @@ class ClientProtocol(Outbox):
                 elif target.key is None:
                     ex.target = target
                     ex.local = 503
+                    if target.mismatched:  # only other versions elsewhere, and strict
+                        self._local(ex, 502, "version mismatch: " + "; ".join(target.mismatched))
                 else:
                     ex.target = target
+                    if target.candidates[0].warning:
+                        ex.warning = target.candidates[0].warning
                     ex.head = head.build(
                         method, url, target.host_line, self.client_ip, ex.trace, ex.upgrade
                     )
@@ -464,6 +468,7 @@ class ClientProtocol(Outbox):
         if line is None and old.peer:  # the client's own Host is gone: the canonical one
             line = f"Host: {target.name}.localhost:{target.proxy_port}\r\n".encode("latin-1")
         ex.head = retarget(ex.head, target.line_for(old), line)
+        ex.warning = new.warning
         self.server.pool(new.key).acquire(ex)
         return True
 

@@ -56,6 +56,7 @@ class Exchange:
     close_after = False  # the client connection closes after this response
     retried = False
     attempt = 0  # which of the target's candidates serves it
+    warning = b""  # a header line for the response (a peer's version differs from ours)
     dead = False  # the client went away
 
     def __init__(self, client: ClientProtocol, method: bytes, trace: bytes) -> None:

@@ -357,23 +357,30 @@ class ResponseHead:
         self.codings: list[bytes] | None = None  # transfer codings other than chunked
         self.upgrade = self.via = b""
         self.drop: list[bytes] = []  # the names of the lines not passed on
+        drop = self.drop
         for name, value in _RESPONSE_SPECIAL.findall(lower):
             if name == b"content-length":
                 self.content_length = int(value)  # llhttp checked: digits, one value
-            elif name not in self.drop:
-                self.drop.append(name)
-                if name == b"connection":
-                    if value not in _CONN_OPTIONS:  # a plain keep-alive or close names nothing
-                        named = connection_names(value)
-                        self.drop += named
-                        if b"via" in named:
-                            self.via = b""  # the backend's Via was for the hop to us only
-                elif name == b"transfer-encoding":
-                    self._codings(value)
-                elif name == b"upgrade":
-                    self.upgrade = b", ".join(_lines_named(block, lower, name)[1])
-                elif name == b"via":
-                    self.via = b", ".join(_lines_named(block, lower, name)[1])
+            elif name == b"connection":  # every Connection header counts
+                if name not in drop:
+                    drop.append(name)
+                if value not in _CONN_OPTIONS:  # a plain keep-alive or close names nothing
+                    named = connection_names(value)
+                    drop += named
+                    if b"via" in named:
+                        self.via = b""  # the backend's Via was for the hop to us only
+            elif name == b"transfer-encoding":  # and every Transfer-Encoding
+                if name not in drop:
+                    drop.append(name)
+                self._codings(value)
+            elif name not in drop:
+                drop.append(name)
+                if name == b"upgrade" or name == b"via":  # every line of them, at once
+                    values = b", ".join(_lines_named(block, lower, name)[1])
+                    if name == b"upgrade":
+                        self.upgrade = values
+                    else:
+                        self.via = values
 
     def _codings(self, value: bytes) -> None:
         for coding in value.split(b","):
@@ -418,11 +425,13 @@ class ResponseHead:
         close: bool,
         keep_alive_10: bool = False,
         switching: bool = False,
+        extra: bytes = b"",
     ) -> bytes:
         """The head for the client: `status` is its status line; `chunk`: the proxy chunks the
         body; `close`: the connection closes after it; `keep_alive_10`: an HTTP/1.0 client
-        asked to keep it open; `switching`: a 101 whose Upgrade is passed on."""
-        out = [status, self.passed_on()]
+        asked to keep it open; `switching`: a 101 whose Upgrade is passed on; `extra`: header
+        lines of the proxy's own (a version warning)."""
+        out = [status, self.passed_on(), extra]
         if switching:
             out.append(b"Connection: upgrade\r\nUpgrade: " + self.upgrade + b"\r\n")
         elif close:

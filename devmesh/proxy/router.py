@@ -31,6 +31,8 @@ class Candidate:
     key: tuple[str, int]  # the pool key: address and port
     peer: str = ""  # the peer's node id; "" for this node's own service
     peer_name: str = ""
+    # A response header line when the peer runs another version than this node declares.
+    warning: bytes = b""
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +55,13 @@ class Target:
     # (with the hop header) for a peer's proxy.
     own_line: bytes | None = None
     peer_lines: dict[str, bytes] = field(default_factory=dict)
+    # Peers left out because they run another version (`version_strict`): for the error page.
+    mismatched: tuple[str, ...] = ()
+
+    @property
+    def warning(self) -> bytes:
+        """The version warning of the first candidate (usually none)."""
+        return self.candidates[0].warning if self.candidates else b""
 
     def line_for(self, candidate: Candidate) -> bytes | None:
         """The Host line (and hop header) a request for `candidate` carries."""
@@ -195,7 +204,8 @@ class Router:
             host_line = f"Host: {route.host_header}\r\n".encode("latin-1")
         up = route.upstream
         local_key = (up.host, up.port) if up is not None else None
-        candidates = self._candidates(route, local_key, peers)
+        strict = self.table.version_strict
+        candidates, mismatched = self._candidates(route, local_key, peers, strict)
         # A peer's proxy routes by the name and rewrites the Host for its own service.
         peer_lines = {
             c.peer: f"Host: {route.name}.localhost:{c.key[1]}\r\n".encode("latin-1") + self.hop_line
@@ -218,26 +228,43 @@ class Router:
             here,
             host_line,
             peer_lines,
+            mismatched,
         )
 
     @staticmethod
     def _candidates(
-        route: ServiceRoute, local_key: tuple[str, int] | None, peers: tuple[PeerRoute, ...]
-    ) -> tuple[Candidate, ...]:
+        route: ServiceRoute,
+        local_key: tuple[str, int] | None,
+        peers: tuple[PeerRoute, ...],
+        strict: bool,
+    ) -> tuple[tuple[Candidate, ...], tuple[str, ...]]:
         """Where `route` can be served, best first: this node's own process when it runs,
-        else the peers that run it (then this node's process, if it is starting)."""
-        remote = tuple(
-            Candidate((p.address, p.proxy_port), p.node, p.name)
-            for p in sorted(peers, key=lambda p: p.node)
-            for s in p.services
-            if s.name == route.name and s.state in SERVING
-        )
+        else the peers that run it (then this node's process, if it is starting); and the
+        peers left out for running another version than this node declares (strict)."""
+        remote: list[Candidate] = []
+        mismatched: list[str] = []
+        ours = route.version
+        for p in sorted(peers, key=lambda p: p.node):
+            for s in p.services:
+                if s.name != route.name or s.state not in SERVING:
+                    continue
+                warning = b""
+                if ours is not None and s.version != ours:
+                    theirs = s.version or "none"
+                    if strict:
+                        mismatched.append(f"{p.name} runs {route.name} {theirs}, this node {ours}")
+                        continue
+                    warning = (
+                        f"X-DevMesh-Version-Warning: {route.name} {theirs} from {p.name}, "
+                        f"{ours} declared here\r\n"
+                    ).encode("latin-1", "replace")
+                remote.append(Candidate((p.address, p.proxy_port), p.node, p.name, warning))
         if local_key is None:
-            return remote
+            return tuple(remote), tuple(mismatched)
         local = Candidate(local_key)
         if route.state in SERVING:
-            return (local, *remote)
-        return (*remote, local)
+            return (local, *remote), tuple(mismatched)
+        return (*remote, local), tuple(mismatched)
 
     @property
     def has_path_routes(self) -> bool:

@@ -68,3 +68,4 @@ class RouteTable:
     services: tuple[ServiceRoute, ...] = ()
     peers: tuple[PeerRoute, ...] = ()
     node: str = ""  # this node's id: a request forwarded with it has looped
+    version_strict: bool = False  # a peer whose version differs from ours is not used

@@ -214,7 +214,9 @@ class UpstreamConn(Outbox):
         ex.resp_started = True
         status = STATUS_LINES.get(code) or status_line(code)
         # Straight into the client's queue: data_received writes it when the parser returns.
-        client.wbuf.append(head.build(status, ex.trace, chunk, close, ex.http10 and not close))
+        client.wbuf.append(
+            head.build(status, ex.trace, chunk, close, ex.http10 and not close, extra=ex.warning)
+        )
         if length > 0 and not head.chunked:
             self.body_left = length
         elif length < 0 and not head.chunked:

@@ -33,7 +33,7 @@ from devmesh.supervisor.lifecycle import ServiceSet
 from devmesh.supervisor.lock import ProjectLock
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.reload import FileWatch, diff
-from devmesh.supervisor.routes import build_table, peer_routes, url
+from devmesh.supervisor.routes import build_table, peer_routes, url, version_mismatches
 from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, WorkerHandle, WorkerSpec
@@ -85,6 +85,7 @@ class Supervisor:
         self._proxy_key: tuple[int, int, str] | None = None  # (port, workers, lan_access) served
         self._routes: RouteTable | None = None
         self._announced: m.Announce | None = None
+        self._mismatches: list[str] = []
         self.peers: m.PeersUpdate = m.PeersUpdate(peers=(), stats={})
         self._routes_key: object = None
         self._routes_at = 0.0
@@ -325,7 +326,13 @@ class Supervisor:
         version = self._routes.version + 1 if self._routes else 1
         node = node_identity(self.paths) if self.discovery_enabled else ""
         table = build_table(
-            version, self.config.proxy.port, svcs.services.values(), self.logs.tail, peers, node
+            version,
+            self.config.proxy.port,
+            svcs.services.values(),
+            self.logs.tail,
+            peers,
+            node,
+            self.config.proxy.version_strict,
         )
         self._routes_key, self._routes_at = key, now
         old = self._routes
@@ -333,6 +340,10 @@ class Supervisor:
         if same and not force:
             return
         self._routes = table
+        mismatches = version_mismatches(table)
+        for line in sorted(set(mismatches) - set(self._mismatches)):
+            self.logs.system(f"version mismatch: {line}")
+        self._mismatches = mismatches
         for handle in self.workers.values():
             if handle.name.startswith("proxy-"):
                 handle.send(m.RoutesUpdate(table))

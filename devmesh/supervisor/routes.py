@@ -57,6 +57,7 @@ def build_table(
     tail: Callable[[str, int], list[str]],
     peers: tuple[PeerRoute, ...] = (),
     node: str = "",
+    version_strict: bool = False,
 ) -> RouteTable:
     """The whole table, in config order, with the peers of the namespace."""
     return RouteTable(
@@ -65,7 +66,21 @@ def build_table(
         services=tuple(service_route(s, tail) for s in services),
         peers=peers,
         node=node,
+        version_strict=version_strict,
     )
+
+
+def version_mismatches(table: RouteTable) -> list[str]:
+    """One line per peer service whose version differs from what this node declares."""
+    ours = {s.name: s.version for s in table.services if s.version is not None}
+    return [
+        f"{s.name} is {s.version or 'unversioned'} on {p.name} ({p.address}), "
+        f"{ours[s.name]} here"
+        + ("; not used (version_strict)" if table.version_strict else "; used with a warning")
+        for p in table.peers
+        for s in p.services
+        if s.name in ours and s.version != ours[s.name]
+    ]
 
 
 def url(name: str, proxy_port: int) -> str:
