@@ -80,9 +80,34 @@ def check(file: FileOpt = None) -> None:
 def status(
     file: FileOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    routes: Annotated[
+        bool, typer.Option("--routes", help="which instance serves each name, and why")
+    ] = False,
 ) -> None:
     """Show services, their state, pid, port and restarts."""
-    raise typer.Exit(commands.status(file, as_json=as_json))
+    raise typer.Exit(commands.status(file, as_json=as_json, routes=routes))
+
+
+@app.command()
+def route(
+    service: Annotated[str, typer.Argument(help="the service to route")],
+    peer: Annotated[
+        str | None, typer.Option("--peer", help="a peer's node id (a prefix will do) or name")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove the pin")] = False,
+    file: FileOpt = None,
+) -> None:
+    """Pin a service to a peer's copy (or --clear the pin)."""
+    raise typer.Exit(commands.route(file, service, peer=peer, clear=clear))
+
+
+@app.command()
+def graph(
+    file: FileOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="ascii, json or dot (Graphviz)")] = "ascii",
+) -> None:
+    """The mesh as this node sees it: nodes, their services, and where each name is routed."""
+    raise typer.Exit(commands.graph(file, fmt))
 
 
 @app.command()

@@ -204,11 +204,127 @@ def check(file: Path | None) -> int:
     return 0
 
 
-def status(file: Path | None, *, as_json: bool) -> int:
-    """`devmesh status`: a table, or the JSON document."""
+def status(file: Path | None, *, as_json: bool, routes: bool = False) -> int:
+    """`devmesh status`: a table, or the JSON document; `--routes`: the routes instead."""
+    if routes:
+        doc = client(file).routes()
+        out(json.dumps(doc, indent=2) if as_json else render_routes(doc))
+        return 0
     data = client(file).status()
     out(json.dumps(data, indent=2) if as_json else render_status(data))
     return 0
+
+
+def _place(where: dict[str, Any] | None) -> str:
+    if where is None:
+        return "-"
+    if where["node"] == "local":
+        return f"local {where['address']}"
+    rtt = f", {where['rtt_ms']} ms" if where.get("rtt_ms") is not None else ""
+    return f"{where['name']} {where['address']}{rtt}"
+
+
+def render_routes(doc: dict[str, Any]) -> str:
+    """`devmesh status --routes`: one row per name."""
+    rows: list[tuple[str, ...]] = [("SERVICE", "SERVED BY", "WHY", "THEN")]
+    for r in doc["routes"]:
+        then = ", ".join(_place(w) for w in r["fallbacks"]) or "-"
+        rows.append((r["service"], _place(r["served_by"]), r["why"], then))
+    return "\n".join(_table(rows))
+
+
+def route(file: Path | None, service: str, *, peer: str | None, clear: bool) -> int:
+    """`devmesh route SERVICE --peer ID` / `--clear`."""
+    if clear == (peer is not None):
+        raise UserError("give either --peer ID or --clear")
+    doc = client(file).pin(service, None if clear else peer)
+    out(render_routes({"routes": [r for r in doc["routes"] if r["service"] == service]}))
+    return 0
+
+
+def graph(file: Path | None, fmt: str) -> int:
+    """`devmesh graph`: this node, its peers, their services, and the routes."""
+    if fmt not in ("ascii", "json", "dot"):
+        raise UserError(f"unknown format {fmt!r}; use ascii, json or dot")
+    c = client(file)
+    status_doc, peers_doc, routes_doc = c.status(), c.peers(), c.routes()
+    me = peers_doc.get("node") or "local"
+    nodes = [
+        {
+            "node": me,
+            "name": f"this node ({status_doc['node']['project']})",
+            "services": [{"name": s["name"], "state": s["state"]} for s in status_doc["services"]],
+        },
+        *(
+            {
+                "node": p["node"],
+                "name": p["name"],
+                "address": f"{p['address']}:{p['proxy_port']}",
+                "services": [{"name": s["name"], "state": s["state"]} for s in p["services"]],
+            }
+            for p in peers_doc["peers"]
+        ),
+    ]
+    routes = [
+        {
+            "service": r["service"],
+            "to": me
+            if r["served_by"] is None or r["served_by"]["node"] == "local"
+            else r["served_by"]["node"],
+            "served": r["served_by"] is not None,
+            "why": r["why"],
+        }
+        for r in routes_doc["routes"]
+    ]
+    doc = {"namespace": peers_doc["namespace"], "nodes": nodes, "routes": routes}
+    if fmt == "json":
+        out(json.dumps(doc, indent=2))
+    elif fmt == "dot":
+        out(render_dot(doc))
+    else:
+        out(render_graph(doc))
+    return 0
+
+
+def render_graph(doc: dict[str, Any]) -> str:
+    """The graph as text: the nodes with their services, then where each name goes."""
+    names = {n["node"]: n["name"] for n in doc["nodes"]}
+    lines = [f"namespace {doc['namespace']}", ""]
+    for n in doc["nodes"]:
+        lines.append(f"[{n['name']}]" + (f" {n['address']}" if n.get("address") else ""))
+        for s in n["services"]:
+            lines.append(f"  - {s['name']} ({s['state']})")
+    lines += ["", "routes from this node:"]
+    for r in doc["routes"]:
+        arrow = f"--> {names.get(r['to'], r['to'])}" if r["served"] else "--x"
+        lines.append(f"  {r['service']} {arrow}  ({r['why']})")
+    return "\n".join(lines)
+
+
+def render_dot(doc: dict[str, Any]) -> str:
+    """The graph in Graphviz's dot language: one cluster per node, an edge per route."""
+
+    def q(text: str) -> str:
+        return json.dumps(text)  # a double-quoted string with escapes dot understands
+
+    lines = ["digraph devmesh {", "  rankdir=LR;", f"  label={q('namespace ' + doc['namespace'])};"]
+    for i, n in enumerate(doc["nodes"]):
+        lines.append(f"  subgraph cluster_{i} {{ label={q(n['name'])};")
+        for s in n["services"]:
+            label = f"{s['name']} ({s['state']})"
+            lines.append(f"    {q(n['node'] + '/' + s['name'])} [label={q(label)}];")
+        lines.append("  }")
+    for r in doc["routes"]:
+        if r["served"]:
+            lines.append(
+                f"  {q('route/' + r['service'])} [shape=plaintext,label={q(r['service'])}];"
+            )
+            lines.append(
+                f"  {q('route/' + r['service'])} -> {q(r['to'] + '/' + r['service'])}"
+                f" [tooltip={q(r['why'])}];"
+            )
+    lines.append("}")
+    return "\n".join(lines)
 
 
 def peers(file: Path | None, *, as_json: bool) -> int:

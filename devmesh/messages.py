@@ -97,6 +97,13 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class Leave:
+    """The node is shutting down: say goodbye now (peers stop routing here at once)."""
+
+    kind: Literal["leave"] = "leave"
+
+
+@dataclass(frozen=True)
 class Stop:
     """Finish what is in flight and exit."""
 
@@ -104,4 +111,4 @@ class Stop:
 
 
 WorkerMessage = Ready | Heartbeat | ControlRequest | PeersUpdate
-ParentMessage = Configure | ControlReply | RoutesUpdate | Announce | Stop
+ParentMessage = Configure | ControlReply | RoutesUpdate | Announce | Leave | Stop

@@ -281,3 +281,47 @@ def test_versions_warn_or_refuse(new_project: Callable[[], Project], lab: Lab) -
     assert answer.startswith("502") and count == 1
     detail = json.loads(answer[4:])["detail"]
     assert "version mismatch" in detail and "2.0" in detail and "1.0" in detail
+
+
+def test_choice_pin_stickiness_and_views(new_project: Callable[[], Project], lab: Lab) -> None:
+    """Two peers run api: a client sticks to the one it got; a pin overrides; `status
+    --routes` says who serves each name and why; `graph` draws the mesh."""
+    a = node(new_project, lab, 1, "api", body="api of A")
+    b = node(new_project, lab, 2, "web")
+    c = node(new_project, lab, 3, "api", body="api of C")
+    wait_until(lambda: sees(b, "api", 2), 10, "B sees both copies")
+    wait_until(lambda: sees(a, "web", 1) and sees(c, "web", 1), 10, "A and C see B")
+    wait_until(
+        lambda: all(p["rtt_ms"] is not None for p in peers_json(b)["peers"]), 10, "round trips"
+    )
+    routes = {
+        r["service"]: r for r in json.loads(b.cli("status", "--routes", "--json").stdout)["routes"]
+    }
+    first = routes["api"]["served_by"]
+    assert "nearest of 2 peer(s)" in routes["api"]["why"]
+    assert [f["node"] for f in routes["api"]["fallbacks"]] != [first["node"]]
+    assert routes["web"]["served_by"]["node"] == "local"
+    # One client keeps getting the same copy.
+    report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 20)
+    assert report["ok"] == 20 and len(report["bodies"]) == 1
+    # Pin api to the copy that was not first; then clear the pin.
+    other = next(p for p in peers_json(b)["peers"] if p["node"] != first["node"])
+    pinned = b.cli("route", "api", "--peer", other["node"][:6])
+    assert pinned.returncode == 0, pinned.stderr
+    assert "pinned" in pinned.stdout
+    expected = "api of A" if other["address"] == lab.ip(1) else "api of C"
+    report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 5)
+    assert report["bodies"] == {expected: 5}
+    assert b.cli("route", "api", "--clear").returncode == 0
+    after = json.loads(b.cli("status", "--routes", "--json").stdout)["routes"]
+    assert next(r for r in after if r["service"] == "api")["pinned"] is None
+    bad = b.cli("route", "api", "--peer", "nobody")
+    assert bad.returncode == 1 and "no peer matches 'nobody'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    # The graph, three ways.
+    text = b.cli("graph").stdout
+    assert "this node" in text and "api --> " in text and text.count("[") == 3
+    dot = b.cli("graph", "--format", "dot").stdout
+    assert dot.startswith("digraph devmesh {") and dot.count("subgraph") == 3
+    doc = json.loads(b.cli("graph", "--format", "json").stdout)
+    assert len(doc["nodes"]) == 3 and {r["service"] for r in doc["routes"]} == {"web", "api"}

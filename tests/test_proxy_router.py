@@ -17,6 +17,7 @@ from devmesh.proxy.router import (
     route_prefix,
     service_name,
 )
+from devmesh.proxy.server import ProxyServer, Settings
 from devmesh.proxy.table import PeerRoute, PeerService, RouteTable, ServiceRoute, Upstream
 
 label = st.from_regex(r"[a-z][a-z0-9-]{0,14}", fullmatch=True)
@@ -269,3 +270,32 @@ def test_retarget_swaps_the_host_line() -> None:
 )
 def test_ingress_admits_peers(host: str, access: str, ok: bool) -> None:
     assert admits(host, access, frozenset({"10.0.0.81", "fe80::1"})) is ok
+
+
+def test_a_client_sticks_to_the_peer_it_had() -> None:
+    peers = (peer("a", 8081, ("api", "running")), peer("b", 8082, ("api", "running")))
+    server = ProxyServer(Settings(), RouteTable(1, 8080, (), peers, node="me"))
+    target = server.router.get("api")
+    assert target is not None and target.remote_choice
+    assert [c.peer for c in target.candidates] == ["a", "b"]
+    assert server.stuck(b"10.0.0.5", target) is target  # nothing known yet
+    server.stick(b"10.0.0.5", target, "b")
+    led = server.stuck(b"10.0.0.5", target)
+    assert [c.peer for c in led.candidates] == ["b", "a"]
+    assert led.host_line == b"Host: api.localhost:8082\r\nX-DevMesh-Hop: me\r\n"
+    assert server.stuck(b"10.0.0.6", target) is target  # another client is not affected
+    assert server.stuck(b"10.0.0.5", target) is led  # made once per table
+    # A pin beats stickiness: no choice left to make.
+    pinned = Router(RouteTable(1, 8080, (), peers, node="me", pins=(("api", "b"),))).get("api")
+    assert pinned is not None and not pinned.remote_choice
+    assert [c.peer for c in pinned.candidates] == ["b", "a"]
+
+
+def test_nearest_peer_first() -> None:
+    peers = (
+        PeerRoute("a", "A", "10.0.0.1", 8080, (PeerService("api", "running"),), rtt_ms=9),
+        PeerRoute("b", "B", "10.0.0.2", 8080, (PeerService("api", "running"),), rtt_ms=2),
+        PeerRoute("c", "C", "10.0.0.3", 8080, (PeerService("api", "running"),)),
+    )
+    target = Router(RouteTable(1, 8080, (), peers)).get("api")
+    assert target is not None and [c.peer for c in target.candidates] == ["b", "a", "c"]

@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from devmesh.paths import ProjectPaths
 from devmesh.supervisor.lock import holder
@@ -99,6 +100,20 @@ class ControlClient:
     def peers(self) -> dict[str, Any]:
         """GET /v1/peers."""
         data: dict[str, Any] = self.request("GET", "/v1/peers")
+        return data
+
+    def routes(self) -> dict[str, Any]:
+        """GET /v1/routes."""
+        data: dict[str, Any] = self.request("GET", "/v1/routes")
+        return data
+
+    def pin(self, name: str, peer: str | None) -> dict[str, Any]:
+        """PUT /v1/routes/NAME?peer=PEER (DELETE with None)."""
+        target = f"/v1/routes/{quote(name, safe='')}"
+        if peer is None:
+            data: dict[str, Any] = self.request("DELETE", target)
+        else:
+            data = self.request("PUT", f"{target}?peer={quote(peer, safe='')}")
         return data
 
     def action(self, name: str, action: str) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class ControlRole:
             routes=[
                 Route("/v1/status", self.status, methods=["GET"]),
                 Route("/v1/peers", self.peers, methods=["GET"]),
+                Route("/v1/routes", self.routes, methods=["GET"]),
+                Route("/v1/routes/{name}", self.pin, methods=["PUT", "DELETE"]),
                 Route("/v1/services/{name}/{action}", self.service_action, methods=["POST"]),
                 Route("/v1/shutdown", self.shutdown, methods=["POST"]),
             ]
@@ -92,6 +94,17 @@ class ControlRole:
     async def peers(self, request: Request) -> JSONResponse:
         """GET /v1/peers: the peers discovery found, and its counters."""
         return await self.ask("peers")
+
+    async def routes(self, request: Request) -> JSONResponse:
+        """GET /v1/routes: who serves each name, and why."""
+        return await self.ask("routes")
+
+    async def pin(self, request: Request) -> JSONResponse:
+        """PUT /v1/routes/{name}?peer=ID pins a service to a peer; DELETE clears the pin."""
+        peer = request.query_params.get("peer", "") if request.method == "PUT" else ""
+        if request.method == "PUT" and not peer:
+            return JSONResponse({"error": "which peer? (?peer=ID)"}, 400)
+        return await self.ask("pin", name=request.path_params["name"], peer=peer)
 
     async def service_action(self, request: Request) -> JSONResponse:
         """POST /v1/services/{name}/{start|stop|restart}."""

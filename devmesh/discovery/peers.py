@@ -30,6 +30,7 @@ class Peer:
     services: tuple[ServiceInfo, ...] = ()
     last_seen: float = 0.0
     joined: float = 0.0
+    rtt: float | None = None  # seconds to connect to its proxy, last measured
     heard: dict[str, float] = field(default_factory=dict)  # address -> when it was last heard
     # The parts of an announcement still arriving: part index -> services.
     _pending_seq: int = -1
@@ -44,6 +45,7 @@ class Peer:
             "proxy_port": self.proxy_port,
             "boot": self.boot,
             "seen_ago": round(max(0.0, now - self.last_seen), 3),
+            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "services": [
                 {"name": s.name, "state": s.state, "version": s.version, "routes": list(s.routes)}
                 for s in self.services

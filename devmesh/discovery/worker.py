@@ -78,6 +78,9 @@ class DiscoveryRole:
         self._transports: list[asyncio.DatagramTransport] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        self._left = False  # said goodbye: the node is shutting down
+        self._leaving: asyncio.Task[None] | None = None
+        self._measuring: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reported = 0.0
 
@@ -90,8 +93,10 @@ class DiscoveryRole:
             transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
             self._transports.append(transport)
         self._expire_later()
+        self._measuring = loop.create_task(self._measure())
         while not self._stopping:
-            await self._announce(HELLO)
+            if not self._left:
+                await self._announce(HELLO)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
@@ -101,7 +106,11 @@ class DiscoveryRole:
 
     def handle(self, msg: m.ParentMessage) -> None:
         """New local services: announce at once."""
-        if isinstance(msg, m.Announce):
+        if isinstance(msg, m.Leave):
+            if not self._left:
+                self._left = True
+                self._leaving = asyncio.get_running_loop().create_task(self._announce(BYE))
+        elif isinstance(msg, m.Announce):
             services = tuple(ServiceInfo(**s) for s in msg.services)
             if services != self.me.services or msg.proxy_port != self.me.proxy_port:
                 self.me = replace(self.me, services=services, proxy_port=msg.proxy_port)
@@ -142,6 +151,23 @@ class DiscoveryRole:
         }
         self.runtime.send(m.PeersUpdate(peers=peers, stats=stats))
         self._reported = now
+
+    async def _measure(self) -> None:
+        """Every interval, the round trip to each peer: how long a TCP connect to its proxy
+        takes (the path requests take). Routing prefers the nearest peer."""
+        while not self._stopping:
+            for peer in list(self.table.peers.values()):
+                started = time.monotonic()
+                try:
+                    _, writer = await asyncio.wait_for(
+                        asyncio.open_connection(peer.address, peer.proxy_port), self.interval
+                    )
+                except (OSError, TimeoutError):
+                    peer.rtt = None
+                    continue
+                peer.rtt = time.monotonic() - started
+                writer.close()
+            await asyncio.sleep(self.interval)
 
     # ---- sending ----
 

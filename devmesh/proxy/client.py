@@ -230,6 +230,8 @@ class ClientProtocol(Outbox):
                     if target.mismatched:  # only other versions elsewhere, and strict
                         self._local(ex, 502, "version mismatch: " + "; ".join(target.mismatched))
                 else:
+                    if target.remote_choice:
+                        target = server.stuck(self.client_ip, target)
                     ex.target = target
                     if target.candidates[0].warning:
                         ex.warning = target.candidates[0].warning

@@ -7,7 +7,7 @@ at table-swap time, and a lookup is one or two dict gets in the common case.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httptools
 
@@ -57,6 +57,16 @@ class Target:
     peer_lines: dict[str, bytes] = field(default_factory=dict)
     # Peers left out because they run another version (`version_strict`): for the error page.
     mismatched: tuple[str, ...] = ()
+    # Served by one of several peers, none pinned: a client sticks to the one it had.
+    remote_choice: bool = False
+
+    def led_by(self, peer: str) -> Target:
+        """This target with `peer`'s candidate first (the others keep their order)."""
+        first = next(c for c in self.candidates if c.peer == peer)
+        rest = tuple(c for c in self.candidates if c is not first)
+        return replace(
+            self, host_line=self.peer_lines[peer], key=first.key, candidates=(first, *rest)
+        )
 
     @property
     def warning(self) -> bytes:
@@ -160,6 +170,7 @@ class Router:
         self.table = table
         self.proxy_port = table.proxy_port
         self.hop_line = HOP_HEADER + b": " + table.node.encode("latin-1") + b"\r\n"
+        self._pins = dict(table.pins)
         # Peer addresses (without an IPv6 scope): the clients `lan_access = "peers"` admits.
         self.peer_ips = frozenset(p.address.partition("%")[0] for p in table.peers)
         local = {s.name for s in table.services}
@@ -205,7 +216,8 @@ class Router:
         up = route.upstream
         local_key = (up.host, up.port) if up is not None else None
         strict = self.table.version_strict
-        candidates, mismatched = self._candidates(route, local_key, peers, strict)
+        pin = self._pins.get(route.name, "")
+        candidates, mismatched = self._candidates(route, local_key, peers, strict, pin)
         # A peer's proxy routes by the name and rewrites the Host for its own service.
         peer_lines = {
             c.peer: f"Host: {route.name}.localhost:{c.key[1]}\r\n".encode("latin-1") + self.hop_line
@@ -229,6 +241,12 @@ class Router:
             host_line,
             peer_lines,
             mismatched,
+            remote_choice=(
+                first is not None
+                and bool(first.peer)
+                and first.peer != pin
+                and sum(1 for c in candidates if c.peer) > 1
+            ),
         )
 
     @staticmethod
@@ -237,14 +255,21 @@ class Router:
         local_key: tuple[str, int] | None,
         peers: tuple[PeerRoute, ...],
         strict: bool,
+        pin: str = "",
     ) -> tuple[tuple[Candidate, ...], tuple[str, ...]]:
-        """Where `route` can be served, best first: this node's own process when it runs,
-        else the peers that run it (then this node's process, if it is starting); and the
-        peers left out for running another version than this node declares (strict)."""
+        """Where `route` can be served, best first: a pinned peer (`devmesh route`), then
+        this node's own process when it runs, then the peers that run it, nearest first
+        (measured round trip; then by node id, so every worker agrees), then this node's
+        process if it is starting; and the peers left out for running another version than
+        this node declares (strict)."""
         remote: list[Candidate] = []
         mismatched: list[str] = []
         ours = route.version
-        for p in sorted(peers, key=lambda p: p.node):
+
+        def order(p: PeerRoute) -> tuple[bool, bool, int, str]:
+            return (p.node != pin, p.rtt_ms is None, p.rtt_ms or 0, p.node)
+
+        for p in sorted(peers, key=order):
             for s in p.services:
                 if s.name != route.name or s.state not in SERVING:
                     continue
@@ -259,11 +284,13 @@ class Router:
                         f"{ours} declared here\r\n"
                     ).encode("latin-1", "replace")
                 remote.append(Candidate((p.address, p.proxy_port), p.node, p.name, warning))
+        pinned = remote[:1] if remote and remote[0].peer == pin else []
+        rest = remote[len(pinned) :]
         if local_key is None:
             return tuple(remote), tuple(mismatched)
         local = Candidate(local_key)
         if route.state in SERVING:
-            return (local, *remote), tuple(mismatched)
+            return (*pinned, local, *rest), tuple(mismatched)
         return (*remote, local), tuple(mismatched)
 
     @property

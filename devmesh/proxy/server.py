@@ -18,7 +18,7 @@ from devmesh.proxy.client import ClientProtocol
 from devmesh.proxy.headers import TraceIds
 from devmesh.proxy.ingress import LAN_ACCESS
 from devmesh.proxy.outbox import Outbox
-from devmesh.proxy.router import Router
+from devmesh.proxy.router import Router, Target
 from devmesh.proxy.table import RouteTable
 from devmesh.proxy.upstream import Pool
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from devmesh.proxy.tunnel import Tunnel
 
 log = logging.getLogger("devmesh.proxy")
+STICKY_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class ProxyServer:
         self.closing = False
         self.now = 0.0  # the loop's clock, read once per tick: timeouts need no better
         self.refused = 0  # requests refused by the LAN policy
+        # (client address, service) -> the peer that served it last: the client sticks to it.
+        self.sticky: dict[tuple[bytes, str], str] = {}
+        self._led: dict[tuple[int, str], Target] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._drained: asyncio.Event | None = None
@@ -122,9 +126,27 @@ class ProxyServer:
         if table.version < self.router.table.version:
             return  # an older snapshot arriving late
         self.router = Router(table)
-        keys = {t.key for t in self.router.targets if t.key is not None}
+        self._led.clear()
+        keys = {c.key for t in self.router.targets for c in t.candidates}
         for key in [k for k in self.pools if k not in keys]:
             self.pools.pop(key).close()
+
+    def stick(self, client: bytes, target: Target, peer: str) -> None:
+        """Remember which peer served this client (bounded: forgotten all at once when full)."""
+        if len(self.sticky) >= STICKY_MAX:
+            self.sticky.clear()
+        self.sticky[(client, target.name)] = peer
+
+    def stuck(self, client: bytes, target: Target) -> Target:
+        """`target` led by the peer this client had, if it is still one of its candidates."""
+        peer = self.sticky.get((client, target.name))
+        if peer is None or peer == target.candidates[0].peer or peer not in target.peer_lines:
+            return target
+        key = (id(target), peer)
+        led = self._led.get(key)
+        if led is None:
+            led = self._led[key] = target.led_by(peer)
+        return led
 
     def pool(self, key: tuple[str, int]) -> Pool:
         """The connection pool for one backend address."""

@@ -56,6 +56,7 @@ class PeerRoute:
     address: str  # its IP (a link-local IPv6 one with %scope)
     proxy_port: int
     services: tuple[PeerService, ...] = ()
+    rtt_ms: int | None = None  # the measured round trip, whole milliseconds (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,4 @@ class RouteTable:
     peers: tuple[PeerRoute, ...] = ()
     node: str = ""  # this node's id: a request forwarded with it has looped
     version_strict: bool = False  # a peer whose version differs from ours is not used
+    pins: tuple[tuple[str, str], ...] = ()  # (service, peer node): `devmesh route --peer`

@@ -180,6 +180,9 @@ class UpstreamConn(Outbox):
             return
         self.reading_head = False
         self.hbuf = b""
+        target = ex.target
+        if target is not None and target.remote_choice and code < 500:
+            self.server.stick(ex.client.client_ip, target, target.candidates[ex.attempt].peer)
         if code >= 500 and ex.target is not None and len(ex.target.candidates) > 1:
             # Another candidate may do better: this answer is dropped (with its connection).
             self.ex = None

@@ -33,7 +33,13 @@ from devmesh.supervisor.lifecycle import ServiceSet
 from devmesh.supervisor.lock import ProjectLock
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.reload import FileWatch, diff
-from devmesh.supervisor.routes import build_table, peer_routes, url, version_mismatches
+from devmesh.supervisor.routes import (
+    build_table,
+    describe_routes,
+    peer_routes,
+    url,
+    version_mismatches,
+)
 from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, WorkerHandle, WorkerSpec
@@ -86,6 +92,7 @@ class Supervisor:
         self._routes: RouteTable | None = None
         self._announced: m.Announce | None = None
         self._mismatches: list[str] = []
+        self.pins: dict[str, str] = {}  # service -> peer node id (`devmesh route --peer`)
         self.peers: m.PeersUpdate = m.PeersUpdate(peers=(), stats={})
         self._routes_key: object = None
         self._routes_at = 0.0
@@ -216,6 +223,9 @@ class Supervisor:
         """Stop every service in reverse dependency order, then the workers."""
         self.shutting_down = True
         self.svcs.begin_shutdown()
+        discovery = self.workers.get("discovery")
+        if discovery is not None:
+            discovery.send(m.Leave())  # peers stop sending requests here at once
 
     # ------------------------------------------------------------------ workers
 
@@ -316,7 +326,13 @@ class Supervisor:
         # Every transition bumps a service's timer token; a service that is not running also
         # gets its log tail refreshed once a second, for the 503 page.
         peers = peer_routes(self.peers.peers)
-        key = (tuple(s.timer_token for s in svcs.services.values()), tuple(svcs.services), peers)
+        pins = tuple(sorted(self.pins.items()))
+        key = (
+            tuple(s.timer_token for s in svcs.services.values()),
+            tuple(svcs.services),
+            peers,
+            pins,
+        )
         now = time.monotonic()
         stale = now - self._routes_at > TICK and any(
             s.state is not ServiceState.RUNNING for s in svcs.services.values()
@@ -333,10 +349,15 @@ class Supervisor:
             peers,
             node,
             self.config.proxy.version_strict,
+            pins,
         )
         self._routes_key, self._routes_at = key, now
         old = self._routes
-        same = old is not None and (table.services, table.peers) == (old.services, old.peers)
+        same = old is not None and (table.services, table.peers, table.pins) == (
+            old.services,
+            old.peers,
+            old.pins,
+        )
         if same and not force:
             return
         self._routes = table
@@ -496,6 +517,13 @@ class Supervisor:
             return m.ControlReply(id=req.id, ok=True, data=self.status())
         if req.action == "peers":
             return m.ControlReply(id=req.id, ok=True, data=self.peers_document())
+        if req.action == "routes":
+            return m.ControlReply(id=req.id, ok=True, data=self.routes_document())
+        if req.action == "pin":
+            error = self._pin(str(req.args.get("name", "")), str(req.args.get("peer", "")))
+            if error:
+                return fail(409 if error.startswith("no peer") else 404, error)
+            return m.ControlReply(id=req.id, ok=True, data=self.routes_document())
         if req.action == "shutdown":
             if not self.shutting_down:
                 self.logs.system("shutdown requested (devmesh down)")
@@ -547,6 +575,37 @@ class Supervisor:
             ],
             "workers": [w.snapshot() for w in self.workers.values()],
         }
+
+    def _pin(self, name: str, peer: str) -> str:
+        """Pin `name` to the peer whose node id (or name) starts with `peer`; "" clears."""
+        if not peer:
+            self.pins.pop(name, None)
+            self.logs.system(f"route for {name}: pin cleared")
+            self._push_routes(force=True)
+            return ""
+        known = {s["name"] for p in self.peers.peers for s in p["services"]}
+        if name not in known and name not in self.svcs.services:
+            return unknown_service(name, sorted(known | set(self.svcs.services)))
+        matches = [
+            p
+            for p in self.peers.peers
+            if p["node"].startswith(peer) or p["name"] == peer or p["address"] == peer
+        ]
+        if len(matches) != 1:
+            ids = ", ".join(f"{p['node']} ({p['name']})" for p in self.peers.peers) or "none"
+            what = "no peer" if not matches else "more than one peer"
+            return f"{what} matches {peer!r}; peers: {ids}"
+        self.pins[name] = matches[0]["node"]
+        self.logs.system(f"route for {name}: pinned to {matches[0]['name']} ({matches[0]['node']})")
+        self._push_routes(force=True)
+        return ""
+
+    def routes_document(self) -> dict[str, Any]:
+        """`devmesh status --routes`: who serves each name, and why."""
+        table = self._routes
+        if table is None:
+            return {"routes": []}
+        return {"routes": describe_routes(table)}
 
     def peers_document(self) -> dict[str, Any]:
         """`devmesh peers --json`: this node, its peers and the discovery counters."""

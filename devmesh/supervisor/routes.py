@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from devmesh.proxy.router import Candidate, Router
 from devmesh.proxy.table import PeerRoute, PeerService, RouteTable, ServiceRoute, Upstream
 from devmesh.supervisor.service import Service
 from devmesh.supervisor.states import ServiceState
@@ -45,6 +46,7 @@ def peer_routes(peers: Iterable[dict[str, Any]]) -> tuple[PeerRoute, ...]:
             services=tuple(
                 PeerService(s["name"], s["state"], s.get("version")) for s in p["services"]
             ),
+            rtt_ms=None if p.get("rtt_ms") is None else round(p["rtt_ms"]),
         )
         for p in peers
     )
@@ -58,6 +60,7 @@ def build_table(
     peers: tuple[PeerRoute, ...] = (),
     node: str = "",
     version_strict: bool = False,
+    pins: tuple[tuple[str, str], ...] = (),
 ) -> RouteTable:
     """The whole table, in config order, with the peers of the namespace."""
     return RouteTable(
@@ -67,6 +70,7 @@ def build_table(
         peers=peers,
         node=node,
         version_strict=version_strict,
+        pins=pins,
     )
 
 
@@ -86,3 +90,55 @@ def version_mismatches(table: RouteTable) -> list[str]:
 def url(name: str, proxy_port: int) -> str:
     """The stable URL of a service through the proxy."""
     return f"http://{name}.localhost:{proxy_port}/"
+
+
+def describe_routes(table: RouteTable) -> list[dict[str, Any]]:
+    """For every name the proxy serves: where a request goes first, the other candidates,
+    and why (what `devmesh status --routes` and `devmesh graph` show)."""
+    router = Router(table)
+    peers = {p.node: p for p in table.peers}
+    pins = dict(table.pins)
+    out: list[dict[str, Any]] = []
+    for target in router.targets:
+        route = target.route
+
+        def where(c: Candidate) -> dict[str, Any]:
+            if not c.peer:
+                return {"node": "local", "address": f"{c.key[0]}:{c.key[1]}"}
+            p = peers[c.peer]
+            return {
+                "node": c.peer,
+                "name": p.name,
+                "address": f"{p.address}:{p.proxy_port}",
+                "rtt_ms": p.rtt_ms,
+                "version_warning": c.warning.decode("latin-1").strip() or None,
+            }
+
+        first = target.candidates[0] if target.candidates else None
+        local_state = None if route.state == "remote" else route.state
+        if first is None:
+            why = f"nowhere to send it: {local_state or 'no peer runs it'}"
+            if target.mismatched:
+                why += "; other versions refused: " + "; ".join(target.mismatched)
+        elif first.peer and pins.get(route.name) == first.peer:
+            why = "pinned (devmesh route)"
+        elif not first.peer:
+            why = f"this node's own process ({local_state})"
+        else:
+            others = sum(1 for c in target.candidates if c.peer)
+            here = f"not running here ({local_state})" if local_state else "not a service here"
+            why = (
+                f"{here}; nearest of {others} peer(s) running it"
+                if others > 1
+                else (f"{here}; the only peer running it")
+            )
+        out.append(
+            {
+                "service": route.name,
+                "served_by": where(first) if first is not None else None,
+                "why": why,
+                "fallbacks": [where(c) for c in target.candidates[1:]],
+                "pinned": pins.get(route.name),
+            }
+        )
+    return out
