@@ -65,6 +65,37 @@ def up(
 
 
 @app.command()
+def proxy(
+    file: FileOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="mesh namespace (default: [mesh] namespace)")
+    ] = None,
+    detached_child: Annotated[bool, typer.Option("--detached-child", hidden=True)] = False,
+) -> None:
+    """Run the proxy and discovery only: every name is served by a peer that runs it."""
+    raise typer.Exit(
+        commands.up(
+            file,
+            [],
+            detach=detach,
+            namespace=namespace,
+            detached_child=detached_child,
+            proxy_only=True,
+        )
+    )
+
+
+@app.command()
+def run(
+    service: Annotated[str, typer.Argument(help="the service you run by hand")],
+    file: FileOpt = None,
+) -> None:
+    """Route to and announce a service you started by hand on its port, until Ctrl+C."""
+    raise typer.Exit(commands.run(file, service))
+
+
+@app.command()
 def down(file: FileOpt = None) -> None:
     """Stop the project's running mesh."""
     raise typer.Exit(commands.down(file))

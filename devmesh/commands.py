@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.preflight import preflight
 
 DETACH_TIMEOUT = 60.0
+RUN_POLL = 0.5  # how often `devmesh run` checks that it is still the one announced
 
 
 class UserError(Exception):
@@ -77,9 +80,13 @@ def up(
     detach: bool,
     namespace: str | None,
     detached_child: bool = False,
+    proxy_only: bool = False,
 ) -> int:
-    """`devmesh up`: run the supervisor in the foreground, or in the background with --detach."""
+    """`devmesh up`: run the supervisor in the foreground, or in the background with --detach.
+    `devmesh proxy` (`proxy_only`): the same without the project's services."""
     config, paths = project(file)
+    if proxy_only:
+        config = replace(config, services={})
     check_names(config.services, names)
     pid = holder(paths.lock)
     if pid is not None:
@@ -92,7 +99,7 @@ def up(
     if errors:
         raise UserError("\n".join(errors))
     if detach:
-        return _up_detached(config, paths, names, namespace)
+        return _up_detached(config, paths, names, namespace, proxy_only)
     from devmesh.supervisor.core import Supervisor
 
     supervisor = Supervisor(
@@ -105,6 +112,7 @@ def up(
         # output is in the (rotated) service logs already.
         echo_services=not detached_child,
         namespace=namespace,
+        proxy_only=proxy_only,
     )
     try:
         return supervisor.run()
@@ -113,10 +121,15 @@ def up(
 
 
 def _up_detached(
-    config: Config, paths: ProjectPaths, names: Sequence[str], namespace: str | None
+    config: Config,
+    paths: ProjectPaths,
+    names: Sequence[str],
+    namespace: str | None,
+    proxy_only: bool = False,
 ) -> int:
     paths.ensure()
-    argv = [sys.executable, "-m", "devmesh", "up", "-f", str(config.path), "--detached-child"]
+    command = "proxy" if proxy_only else "up"
+    argv = [sys.executable, "-m", "devmesh", command, "-f", str(config.path), "--detached-child"]
     argv += [*names, *(["--namespace", namespace] if namespace else [])]
     with open(paths.daemon_log, "ab") as log:
         log_start = log.tell()
@@ -440,6 +453,39 @@ def service_action(file: Path | None, name: str, action: str) -> int:
     reason = f": {svc['reason']}" if svc["reason"] else ""
     out(f"{name} {svc['state']}{detail}{reason}")
     return 0 if ok else 1
+
+
+def run(file: Path | None, name: str) -> int:
+    """`devmesh run SERVICE`: announce a service the user runs by hand on its port, until
+    Ctrl+C, `devmesh stop SERVICE`, or the mesh stopping."""
+    ctl = client(file)
+    services = {s["name"]: s for s in ctl.status()["services"]}
+    check_names(services, [name])
+    me = os.getpid()
+    try:
+        svc = ctl.attach(name, me)
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    out(
+        f"{name} is routed and announced on port {svc['port']}: start it there "
+        f"(PORT={svc['port']}). Ctrl+C or `devmesh stop {name}` ends this."
+    )
+    try:
+        while True:
+            time.sleep(RUN_POLL)
+            try:
+                current = {s["name"]: s for s in ctl.status()["services"]}.get(name)
+            except NoMesh:
+                raise UserError(f"devmesh stopped; {name} is no longer announced") from None
+            if current is None or current.get("by_hand") != me:
+                why = current["reason"] if current else "removed from the config"
+                out(f"{name} no longer announced ({why})")
+                return 0
+    except KeyboardInterrupt:
+        with contextlib.suppress(ControlError, NoMesh):
+            ctl.action(name, "stop")
+        out(f"{name} no longer announced")
+        return 0
 
 
 # ---------------------------------------------------------------------- logs

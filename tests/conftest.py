@@ -126,12 +126,15 @@ class Project:
             stdin=subprocess.DEVNULL,
         )
 
-    def up(self, *args: str, wait: bool = True, timeout: float = 30) -> Running:
-        """Start `devmesh up ARGS` in the background of the test; wait until it answers."""
+    def up(
+        self, *args: str, wait: bool = True, timeout: float = 30, command: str = "up"
+    ) -> Running:
+        """Start `devmesh up ARGS` (or `devmesh proxy ARGS`) in the background of the test;
+        wait until it answers."""
         output = self.root.parent / f"up-{len(self.running)}.out"
         with open(output, "wb") as out:
             proc = subprocess.Popen(
-                [*self.prefix, PY, "-m", "devmesh", "up", *args],
+                [*self.prefix, PY, "-m", "devmesh", command, *args],
                 cwd=self.root,
                 env=self.env,
                 stdout=out,

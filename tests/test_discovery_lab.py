@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, wait_until
-from lab import Lab, lab_unavailable
+
+from tests.conftest import Project, wait_until
+from tests.lab import Lab, lab_unavailable
 
 pytestmark = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
 
@@ -325,3 +326,29 @@ def test_choice_pin_stickiness_and_views(new_project: Callable[[], Project], lab
     assert dot.startswith("digraph devmesh {") and dot.count("subgraph") == 3
     doc = json.loads(b.cli("graph", "--format", "json").stdout)
     assert len(doc["nodes"]) == 3 and {r["service"] for r in doc["routes"]} == {"web", "api"}
+
+
+def test_proxy_only_node_and_two_namespaces_on_one_host(
+    new_project: Callable[[], Project], lab: Lab
+) -> None:
+    """`devmesh proxy` runs none of the project's services and serves them from peers; a
+    second project on the same host, in another namespace, shares the UDP port unseen."""
+    a = node(new_project, lab, 1, "api", namespace="main", body="api of A")
+    other = node(new_project, lab, 2, "api", namespace="other", body="api of other")
+    p = new_project()
+    p.env.pop("DEVMESH_DISCOVERY")
+    p.prefix = lab.exec(2, [])
+    p.toml(
+        f'[mesh]\nnamespace = "main"\n\n[discovery]\ninterval = "{int(INTERVAL * 1000)}ms"\n'
+        + SERVICE.format(name="api", version="1.0")
+    )
+    run = p.up(command="proxy")
+    assert p.status()["services"] == []
+    assert "proxy only" in run.text()
+    wait_until(lambda: sees(p, "api", 1), 10, "the proxy-only node sees A")
+    report = get(lab, 2, "127.0.0.1", p.proxy_port, "api", 3)
+    assert report["bodies"] == {"api of A": 3}
+    # Same host, same UDP port, other namespace: each hears the other and drops it.
+    assert services_seen(other) == set()
+    assert peers_json(other)["stats"]["dropped"].get("other_namespace", 0) > 0
+    assert {p["address"] for p in peers_json(a)["peers"]} == {lab.ip(2)}

@@ -7,9 +7,11 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
-from tests.conftest import Project, pid_alive, wait_until
+from tests.conftest import Project, free_port, pid_alive, wait_until
 
 HELLO = """
 import os
@@ -167,3 +169,71 @@ def test_several_proxy_workers_share_the_port(project: Project) -> None:
     assert {"proxy-1", "proxy-2"} <= names
     for _ in range(20):
         assert wait_until(lambda: answer(port, "api"), 15, "api").startswith("api ")
+
+
+def test_devmesh_run_announces_a_service_run_by_hand(project: Project) -> None:
+    """`devmesh run api`: devmesh routes to the process the user started on api's port until
+    the command ends (devmesh stop, Ctrl+C, or the command dying)."""
+    project.write("hello.py", HELLO)
+    api_port = free_port()
+    project.toml(
+        f"""
+        [services.api]
+        command = "python3 hello.py"
+        port = {api_port}
+
+        [services.web]
+        command = "python3 hello.py"
+        """
+    )
+    project.up("web")
+    project.wait_state("web", "running")
+    port = project.proxy_port
+    env = {**project.env, "PORT": str(api_port), "DEVMESH_SERVICE": "by-hand"}
+    by_hand = subprocess.Popen([sys.executable, "hello.py"], cwd=project.root, env=env)
+    runs: list[subprocess.Popen[str]] = []
+
+    def run() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devmesh", "run", "api"],
+            cwd=project.root,
+            env=project.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        runs.append(proc)
+        assert proc.stdout is not None
+        assert f"port {api_port}" in proc.stdout.readline()
+        return proc
+
+    try:
+        for ending in ("devmesh stop", "Ctrl+C", "kill -9"):
+            proc = run()
+            assert project.service("api")["by_hand"] == proc.pid
+            wait_until(lambda: answer(port, "api") or "", 10, "the hand-run api via the proxy")
+            assert answer(port, "api", "/x") == f"by-hand api.localhost:{port} /x"
+            if ending == "devmesh stop":
+                assert project.cli("stop", "api").returncode == 0
+                assert proc.wait(10) == 0
+            elif ending == "Ctrl+C":
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(10) == 0
+            else:
+                proc.kill()
+                proc.wait(10)
+            wait_until(lambda: project.service("api")["state"] == "stopped", 5, "api let go")
+            assert get(port, "api")[0] == 503
+            assert by_hand.poll() is None  # devmesh never signals what it did not start
+        # What runs under devmesh cannot be taken over; nor can a name it does not know.
+        taken = project.cli("run", "web")
+        assert taken.returncode == 1 and "runs under devmesh" in taken.stderr
+        unknown = project.cli("run", "nope")
+        assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    finally:
+        for proc in runs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)  # and its pipes are closed
+        by_hand.kill()
+        by_hand.wait(10)

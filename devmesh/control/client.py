@@ -116,6 +116,13 @@ class ControlClient:
             data = self.request("PUT", f"{target}?peer={quote(peer, safe='')}")
         return data
 
+    def attach(self, name: str, pid: int) -> dict[str, Any]:
+        """POST attach (`devmesh run`): the service is run by hand by process `pid`."""
+        data: dict[str, Any] = self.request(
+            "POST", f"/v1/services/{quote(name, safe='')}/attach?pid={pid}"
+        )
+        return data
+
     def action(self, name: str, action: str) -> dict[str, Any]:
         """POST start/stop/restart of one service; the service's snapshot after it."""
         data: dict[str, Any] = self.request("POST", f"/v1/services/{name}/{action}")

@@ -109,6 +109,11 @@ class ControlRole:
     async def service_action(self, request: Request) -> JSONResponse:
         """POST /v1/services/{name}/{start|stop|restart}."""
         action = request.path_params["action"]
+        if action == "attach":  # `devmesh run`: ?pid= of that command
+            pid = request.query_params.get("pid", "")
+            if not pid.isdigit():
+                return JSONResponse({"error": "attach needs ?pid=N"}, 400)
+            return await self.ask(action, name=request.path_params["name"], pid=int(pid))
         if action not in SERVICE_ACTIONS:
             return JSONResponse({"error": f"unknown action {action!r}"}, 404)
         return await self.ask(action, name=request.path_params["name"])

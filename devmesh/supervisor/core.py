@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from devmesh import __version__
@@ -61,8 +62,10 @@ class Supervisor:
         color: bool = False,
         echo_services: bool = True,
         namespace: str | None = None,
+        proxy_only: bool = False,
     ) -> None:
         self.config = config
+        self.proxy_only = proxy_only  # `devmesh proxy`: the project's services are not run
         self.paths = paths
         self.namespace = namespace or resolve_namespace(config.mesh.namespace, config.root)
         self.node_id = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -126,7 +129,9 @@ class Supervisor:
             self._start_workers()
             self.logs.system(
                 f"devmesh {__version__} up: project {self.config.name}, namespace "
-                f"{self.namespace}, {len(self.svcs.services)} services, pid {os.getpid()}"
+                f"{self.namespace}, "
+                + ("proxy only" if self.proxy_only else f"{len(self.svcs.services)} services")
+                + f", pid {os.getpid()}"
             )
             while not (self.shutting_down and not self.svcs.alive()):
                 self._tick()
@@ -403,6 +408,8 @@ class Supervisor:
             self.logs.system(f"config not applied: {self.config_error[0]}")
             return
         self.config_error = []
+        if self.proxy_only:
+            new = replace(new, services={})
         change = diff(self.config, new)
         if change.empty:
             return
@@ -535,8 +542,13 @@ class Supervisor:
             return fail(404, unknown_service(name, self.svcs.services))
         if self.shutting_down:
             return fail(409, "devmesh is shutting down")
-        if svc.config.command is None:
+        if svc.config.command is None and req.action != "attach":
             return fail(409, f"{name} has no command: it is an external service")
+        if req.action == "attach":
+            error = self.svcs.attach(svc, int(req.args.get("pid", 0)))
+            if error:
+                return fail(409, error)
+            return m.ControlReply(id=req.id, ok=True, data=svc.snapshot(time.monotonic()))
         actions = {
             "start": self.svcs.user_start,
             "stop": self.svcs.user_stop,

@@ -248,6 +248,8 @@ class ServiceSet:
         """Collect every service whose main process exited."""
         # A copy: a removed service that finishes stopping leaves the dict.
         for svc in list(self.services.values()):
+            if svc.by_hand is not None and not procs.pid_alive(svc.by_hand):
+                self.detach(svc, f" (devmesh run, pid {svc.by_hand}, ended)")
             if svc.proc is not None:
                 code = svc.proc.popen.poll()
                 if code is not None:
@@ -316,6 +318,9 @@ class ServiceSet:
 
     def stop(self, svc: Service) -> None:
         """Send the stop signal to the service's group; SIGKILL after stop_timeout."""
+        if svc.by_hand is not None:
+            self.detach(svc, "")  # not ours to signal: it is only no longer announced
+            return
         if svc.state is S.BACKOFF:
             svc.to(S.STOPPED, "stopped by user" if svc.user_stopped else "")
             return
@@ -390,8 +395,42 @@ class ServiceSet:
 
     # ------------------------------------------------------------------ user actions
 
+    def attach(self, svc: Service, pid: int) -> str:
+        """`devmesh run`: the user runs the service by hand on its port; devmesh routes to it
+        and announces it as running until that command ends. '' or why not."""
+        if svc.by_hand is not None:
+            return f"{svc.name} is already run by hand (devmesh run, pid {svc.by_hand})"
+        if svc.state in ALIVE_STATES or svc.state is S.BACKOFF:
+            return (
+                f"{svc.name} runs under devmesh ({svc.state.value}); "
+                f"stop it first with `devmesh stop {svc.name}`"
+            )
+        if svc.state is not S.STOPPED:
+            svc.to(S.STOPPED)
+        svc.by_hand = pid
+        svc.user_stopped = True  # devmesh never starts it while it is run by hand
+        svc.to(S.STARTING)
+        svc.to(S.RUNNING, f"run by hand (devmesh run, pid {pid})")
+        self.host.logs.system(f"{svc.name} run by hand on port {svc.port} (pid {pid})", svc.name)
+        self.dirty = True
+        return ""
+
+    def detach(self, svc: Service, why: str) -> None:
+        """The end of `devmesh run` for `svc`: no longer routed here nor announced."""
+        if svc.by_hand is None:
+            return
+        svc.by_hand = None
+        svc.to(S.STOPPING)
+        svc.to(S.STOPPED, "stopped by user")
+        self.host.logs.system(f"{svc.name} no longer run by hand{why}", svc.name)
+        if svc.removing:
+            del self.services[svc.name]
+        self.dirty = True
+
     def user_start(self, svc: Service) -> str:
         """`devmesh start`: start it and whatever it needs; '' or why not."""
+        if svc.by_hand is not None:
+            return f"{svc.name} is run by hand (devmesh run, pid {svc.by_hand})"
         if svc.state in ALIVE_STATES:
             return f"{svc.name} is already {svc.state.value}"
         svc.history.clear()  # a user start forgives an old crash loop
@@ -421,6 +460,8 @@ class ServiceSet:
 
     def user_restart(self, svc: Service) -> str:
         """`devmesh restart`: stop it if it runs, then start it again."""
+        if svc.by_hand is not None:
+            return f"{svc.name} is run by hand (devmesh run, pid {svc.by_hand})"
         svc.user_stopped = False
         svc.history.clear()
         if svc.state in (S.STARTING, S.RUNNING, S.STOPPING):

@@ -161,6 +161,21 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: it answered the signal
+
+
 def signal_pid(pid: int, sig: int) -> bool:
     """Send `sig` to one process; False if it is gone."""
     try:

@@ -44,6 +44,7 @@ class Service:
     restarts: int = 0
     reason: str = ""  # why it is EXITED / FAILED / BACKOFF
     timer_token: int = 0  # bumps on every transition: stale timers see a different token
+    by_hand: int | None = None  # `devmesh run`: the pid of that command while it lasts
 
     @property
     def name(self) -> str:
@@ -87,4 +88,5 @@ class Service:
             "user_stopped": self.user_stopped,
             "stop_timeout": self.config.stop_timeout,
             "start_secs": self.config.start_secs,
+            "by_hand": self.by_hand,
         }
