@@ -8,6 +8,7 @@ namespace. Skipped, with the reason, where namespaces cannot be made (not root, 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -352,3 +353,30 @@ def test_proxy_only_node_and_two_namespaces_on_one_host(
     assert services_seen(other) == set()
     assert peers_json(other)["stats"]["dropped"].get("other_namespace", 0) > 0
     assert {p["address"] for p in peers_json(a)["peers"]} == {lab.ip(2)}
+
+
+def test_discovery_worker_killed_comes_back_unnoticed(
+    new_project: Callable[[], Project], lab: Lab
+) -> None:
+    """kill -9 of a node's discovery worker: the parent starts a new one, whose announcements
+    the peers take at once (its sequence goes on growing): no leave, no rejoin."""
+    a = node(new_project, lab, 1, "api")
+    b = node(new_project, lab, 2, "web")
+    wait_until(lambda: services_seen(a) == {"web"}, 10, "A sees B")
+
+    def discovery_pid() -> int | None:
+        worker = next(w for w in b.status()["workers"] if w["name"] == "discovery")
+        pid: int | None = worker["pid"] if worker["state"] == "running" else None
+        return pid
+
+    old = discovery_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: (discovery_pid() or old) != old, 10, "a new discovery worker")
+    assert b.cli("stop", "web").returncode == 0  # a change the new worker announces
+    wait_until(
+        lambda: any(s["state"] == "stopped" for p in peers_json(a)["peers"] for s in p["services"]),
+        5,
+        "A hears the new worker",
+    )
+    assert "peer left" not in a.running[0].text()

@@ -65,7 +65,7 @@ class DiscoveryRole:
             kind=HELLO,
             node=str(settings["node"]),
             boot=str(settings["boot"]),
-            seq=0,
+            seq=time.time_ns() // 1_000_000,  # grows across restarts of this worker too
             namespace=str(settings["namespace"]),
             proxy_port=int(settings["proxy_port"]),
             interval=self.interval,

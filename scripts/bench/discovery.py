@@ -113,6 +113,7 @@ while time.monotonic() < deadline:
     except (ValueError, KeyError, TypeError):
         pass
 """
+SNIFF_SECONDS = 300.0  # the listener's own bound (it is stopped at the end of the repeat)
 POLL = 0.01  # control-socket polling period per node
 CONTROL_TIMEOUT = 5.0  # one control request
 START_TIMEOUT = 90.0  # every node of a size answering its socket
@@ -565,6 +566,8 @@ def run_repeat(lab: Lab, size: int, only: str | None, results: Results) -> None:
     try:
         old, new = nodes[:-1], nodes[-1]
         form_mesh(old)
+        if only in (None, "crash"):
+            sniffer = Sniffer(lab, size + 1, SNIFF_SECONDS)
         doc = old[0].peers()
         if doc is not None:
             results.interval = float(doc["discovery"]["interval"])
@@ -573,7 +576,6 @@ def run_repeat(lab: Lab, size: int, only: str | None, results: Results) -> None:
         victim = nodes[0]
         if only in (None, "crash"):
             seconds = MISSES * results.interval + CLIENT_TAIL
-            sniffer = Sniffer(lab, size + 1, seconds + CLIENT_GOING_TIMEOUT + 20)
             client = Client(lab, size, seconds)
             client.wait_going()
             # The node the client's requests go to now: the one to kill.
@@ -581,7 +583,7 @@ def run_repeat(lab: Lab, size: int, only: str | None, results: Results) -> None:
             killed, first, last = crash_time(victim, nodes, results.interval)
             results.add("crash", size, last - killed)
             results.add("crash_spread", size, last - first)
-            hello = sniffer.last_hello(victim.node_id, killed)
+            hello = sniffer.last_hello(victim.node_id, killed) if sniffer else None
             if hello is not None:
                 results.add("crash_silent", size, killed - hello)
                 results.add("crash_late", size, last - (hello + MISSES * results.interval))
