@@ -380,3 +380,40 @@ def test_discovery_worker_killed_comes_back_unnoticed(
         "A hears the new worker",
     )
     assert "peer left" not in a.running[0].text()
+
+
+def test_garbage_datagrams_are_dropped_and_counted(
+    new_project: Callable[[], Project], lab: Lab
+) -> None:
+    """Junk, oversized and wrong-version datagrams at a node's discovery port (from another
+    lab host): each dropped under its reason, the node goes on seeing its peers."""
+    a = node(new_project, lab, 1, "api")
+    b = node(new_project, lab, 2, "web")
+    wait_until(lambda: services_seen(a) == {"web"}, 10, "A sees B")
+    sender = (
+        "import socket, json\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"to = ('{lab.ip(1)}', 35555)\n"
+        "for junk in (b'', b'\\xff' * 50, b'{', b'[1,2]', b'{\"dm\": 1}', b'x' * 1400,\n"
+        "             json.dumps({'dm': 99}).encode()):\n"
+        "    s.sendto(junk, to)\n"
+    )
+    out = subprocess.run(
+        lab.exec(3, [sys.executable, "-c", sender]), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+
+    def dropped() -> dict[str, int]:
+        counts: dict[str, int] = peers_json(a)["stats"]["dropped"]
+        return counts
+
+    wait_until(lambda: sum(dropped().values()) >= 7, 5, "the junk counted")
+    assert dropped()["malformed"] >= 5 and dropped()["oversized"] == 1
+    assert dropped()["version"] == 1
+    assert services_seen(a) == {"web"}
+    assert b.cli("stop", "web").returncode == 0  # and A still hears B's changes
+    wait_until(
+        lambda: any(s["state"] == "stopped" for p in peers_json(a)["peers"] for s in p["services"]),
+        5,
+        "A hears B after the junk",
+    )
