@@ -15,11 +15,12 @@ first showed it arrived (so it is late by at most one poll period plus one round
 repeat (`--repeat`, default 5) starts fresh nodes, for each lab size (`--sizes`, default 3 and
 10 nodes), and measures, in this order:
 
-1. join: nodes 1..N-1 are started and left until every one lists all the others with their
-   services running (then 1 s more); node N is launched. (a) From the moment node N's service
-   became `running` (the `changed_at` of its own `status()`) until every other node lists it
-   with that service `running`: the goal, <= 1 s. (b) From the launch of its `devmesh up`
-   (for information: includes the interpreter start and the service's `start_secs`, 1 s).
+1. join: nodes 1..N-1 are started (one after the other) and left until every one lists all the
+   others with their services running (then 1 s more); node N is launched. (a) From the moment
+   node N's service became `running` (the `changed_at` of its own `status()`) until every other
+   node lists it with that service `running`: the goal, <= 1 s. (b) From the launch of its
+   `devmesh up` (for information: includes the interpreter start and the service's
+   `start_secs`, 1 s).
 2. crash: with a client running in host N (`tests/fixtures/lab_client.py` against host N's own
    proxy, `Host: shared`: node N runs no `shared`, so every request goes to node 1 or 2 through
    their proxies), the supervisor of the one that serves it (found with one more GET from host
@@ -39,7 +40,7 @@ member confirms) declare a failed node dead after about 5-25 s.
 
 Every process is started by this script and stopped by pid (SIGTERM, SIGKILL after a bounded
 wait); whatever is still running in a lab host afterwards (`ip netns pids`) is SIGKILLed by
-pid; the lab (prefix `dmb<pid>`) and the temporary directories are removed even on errors.
+pid; the lab (prefix `dmb<pid % 10000>`) and the temporary directories are removed even on errors.
 Nothing is sent to a lab address from the root namespace: the client runs inside a lab host.
 Every wait is bounded. devmesh is imported, by the nodes and by this script's control client,
 from a frozen copy of the project's last commit (`--source head`, the default) or of its
