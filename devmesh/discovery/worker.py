@@ -134,7 +134,12 @@ class DiscoveryRole:
         # A change goes up at once; otherwise once an interval, so "last heard" stays true.
         if self.table.expire(now) or now - self._reported >= self.interval:
             self.report()
-        self._loop.call_later(min(self.interval / 4, 0.25), self._expire_later)
+        # Wake when the next silent peer runs out of time, so it goes right at 3 intervals.
+        delay = min(self.interval / 4, 0.25)
+        expiry = self.table.next_expiry()
+        if expiry is not None:
+            delay = min(delay, max(0.005, expiry - now + 0.001))
+        self._loop.call_later(delay, self._expire_later)
 
     def report(self) -> None:
         """The peers and the counters, to the parent."""

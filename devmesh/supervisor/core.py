@@ -43,7 +43,7 @@ from devmesh.supervisor.routes import (
 )
 from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
-from devmesh.supervisor.workers import SILENCE_LIMIT, WorkerHandle, WorkerSpec
+from devmesh.supervisor.workers import SILENCE_LIMIT, STARTUP_LIMIT, WorkerHandle, WorkerSpec
 
 TICK = 1.0  # the loop wakes at least this often: heartbeat checks, and reaping as a fallback
 WORKER_STOP_GRACE = 3.0
@@ -466,8 +466,10 @@ class Supervisor:
         now = time.monotonic()
         for handle in self.workers.values():
             live = handle.state in (WorkerState.STARTING, WorkerState.RUNNING)
-            if live and handle.silent_for(now) > SILENCE_LIMIT:
-                self.logs.system(f"worker {handle.name} silent for {SILENCE_LIMIT:g}s, killing it")
+            # Until it is ready, a worker may be importing on a loaded machine: more time.
+            limit = SILENCE_LIMIT if handle.state is WorkerState.RUNNING else STARTUP_LIMIT
+            if live and handle.silent_for(now) > limit:
+                self.logs.system(f"worker {handle.name} silent for {limit:g}s, killing it")
                 handle.kill()
                 handle.last_heard = now  # its sentinel reports the death
 

@@ -23,6 +23,7 @@ from devmesh.workers.base import HEARTBEAT_INTERVAL
 _PACKAGE_ROOT = str(Path(devmesh.__file__).resolve().parent.parent)
 
 SILENCE_LIMIT = 5 * HEARTBEAT_INTERVAL  # a worker silent this long is killed and restarted
+STARTUP_LIMIT = 30.0  # the same for a worker that has not said Ready yet (imports, a busy CPU)
 STABLE_AFTER = 5.0  # a worker that lived this long restarts at once after a crash
 MAX_DELAY = 10.0
 
