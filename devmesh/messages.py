@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from devmesh.proxy.table import RouteTable
 
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 # ---- worker -> parent ----
@@ -51,6 +51,15 @@ class PeersUpdate:
     peers: tuple[dict[str, Any], ...]
     stats: dict[str, Any]
     kind: Literal["peers_update"] = "peers_update"
+
+
+@dataclass(frozen=True)
+class ProxyStats:
+    """A proxy worker's counters, sent every second (the parent sums them up per node)."""
+
+    worker: str
+    refused: int  # requests refused by the LAN policy (403)
+    kind: Literal["proxy_stats"] = "proxy_stats"
 
 
 # ---- parent -> worker ----
@@ -110,5 +119,5 @@ class Stop:
     kind: Literal["stop"] = "stop"
 
 
-WorkerMessage = Ready | Heartbeat | ControlRequest | PeersUpdate
+WorkerMessage = Ready | Heartbeat | ControlRequest | PeersUpdate | ProxyStats
 ParentMessage = Configure | ControlReply | RoutesUpdate | Announce | Leave | Stop

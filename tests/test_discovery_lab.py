@@ -171,6 +171,7 @@ def test_peer_routing_ingress_and_loops(new_project: Callable[[], Project], lab:
     # Host 3 runs no devmesh: not a peer, so A's proxy refuses it (lan_access = "peers").
     report = get(lab, 3, lab.ip(1), a.proxy_port, "api", 1)
     assert report["ok"] == 0 and next(iter(report["other"])).startswith("403")
+    wait_until(lambda: a.status()["node"]["proxy"]["refused"] == 1, 5, "the refusal counted")
     # A forwarded request is served from the node's own process or not at all.
     report = get(lab, 2, lab.ip(1), a.proxy_port, "web", 1, "X-DevMesh-Hop:some-node")
     assert next(iter(report["other"])).startswith("508")

@@ -7,12 +7,15 @@ listening socket; each holds its own copy of the route table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from devmesh import messages as m
 from devmesh.proxy.server import ProxyServer, Settings
 from devmesh.proxy.table import RouteTable
 from devmesh.workers.base import WorkerRuntime
+
+STATS_INTERVAL = 1.0  # how often the counters go to the parent (when they changed)
 
 
 class ProxyRole:
@@ -27,7 +30,13 @@ class ProxyRole:
     async def serve(self) -> None:
         """Serve until `stop()`, then let requests in flight finish (bounded) and return."""
         await self.server.start(self.sock)
-        await self._stop.wait()
+        reported = -1
+        while not self._stop.is_set():
+            if self.server.refused != reported:
+                reported = self.server.refused
+                self.runtime.send(m.ProxyStats(worker=self.runtime.name, refused=reported))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), STATS_INTERVAL)
         await self.server.shutdown()
 
     def handle(self, msg: m.ParentMessage) -> None:

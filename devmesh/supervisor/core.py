@@ -96,6 +96,7 @@ class Supervisor:
         self._announced: m.Announce | None = None
         self._mismatches: list[str] = []
         self.pins: dict[str, str] = {}  # service -> peer node id (`devmesh route --peer`)
+        self._proxy_refused: dict[str, int] = {}  # proxy worker -> requests it refused (403)
         self.peers: m.PeersUpdate = m.PeersUpdate(peers=(), stats={})
         self._routes_key: object = None
         self._routes_at = 0.0
@@ -437,6 +438,8 @@ class Supervisor:
                 handle.send(self._control(msg))
             elif isinstance(msg, m.PeersUpdate):
                 self._peers_changed(msg)
+            elif isinstance(msg, m.ProxyStats):
+                self._proxy_refused[msg.worker] = msg.refused
         if eof:  # the worker's end of the pipe closed: it died
             self._worker_died(handle)
 
@@ -579,7 +582,13 @@ class Supervisor:
                 "version": __version__,
                 "shutting_down": self.shutting_down,
                 "watchdog_pid": self.watchdog.pid,
-                "proxy": {"port": self.config.proxy.port, "workers": self.config.proxy.workers},
+                "proxy": {
+                    "port": self.config.proxy.port,
+                    "workers": self.config.proxy.workers,
+                    "lan_access": self.config.proxy.lan_access.value,
+                    # Counted since each worker started (a restarted one starts again at 0).
+                    "refused": sum(self._proxy_refused.values()),
+                },
                 "config_error": self.config_error,
                 "routes_version": self._routes.version if self._routes else 0,
             },
