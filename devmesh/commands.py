@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -462,6 +463,10 @@ def run(file: Path | None, name: str) -> int:
     services = {s["name"]: s for s in ctl.status()["services"]}
     check_names(services, [name])
     me = os.getpid()
+    # Ctrl+C and SIGTERM end it cleanly, even when started with SIGINT ignored (a background
+    # job of a shell, which Python would otherwise leave ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         svc = ctl.attach(name, me)
     except ControlError as exc:

@@ -201,6 +201,8 @@ def test_devmesh_run_announces_a_service_run_by_hand(project: Project) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As a background job of a shell starts it: SIGINT ignored. Ctrl+C must still work.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         runs.append(proc)
         assert proc.stdout is not None
@@ -208,7 +210,7 @@ def test_devmesh_run_announces_a_service_run_by_hand(project: Project) -> None:
         return proc
 
     try:
-        for ending in ("devmesh stop", "Ctrl+C", "kill -9"):
+        for ending in ("devmesh stop", "Ctrl+C", "SIGTERM", "kill -9"):
             proc = run()
             assert project.service("api")["by_hand"] == proc.pid
             wait_until(lambda: answer(port, "api") or "", 10, "the hand-run api via the proxy")
@@ -216,8 +218,8 @@ def test_devmesh_run_announces_a_service_run_by_hand(project: Project) -> None:
             if ending == "devmesh stop":
                 assert project.cli("stop", "api").returncode == 0
                 assert proc.wait(10) == 0
-            elif ending == "Ctrl+C":
-                proc.send_signal(signal.SIGINT)
+            elif ending in ("Ctrl+C", "SIGTERM"):
+                proc.send_signal(signal.SIGINT if ending == "Ctrl+C" else signal.SIGTERM)
                 assert proc.wait(10) == 0
             else:
                 proc.kill()
