@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from devmesh.proxy.table import RouteTable
 
-PROTOCOL = 3
+PROTOCOL = 4
 
 
 # ---- worker -> parent ----
@@ -62,6 +62,18 @@ class ProxyStats:
     kind: Literal["proxy_stats"] = "proxy_stats"
 
 
+@dataclass(frozen=True)
+class HealthResult:
+    """One probe result from the health worker, for one run (`generation`) of a service."""
+
+    service: str
+    generation: str
+    ok: bool
+    detail: str
+    latency: float  # seconds
+    kind: Literal["health_result"] = "health_result"
+
+
 # ---- parent -> worker ----
 
 
@@ -106,6 +118,27 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class ProbeTarget:
+    """What the health worker probes for one run of a service, and how often."""
+
+    service: str
+    generation: str  # changes with every start: results of an older run are dropped
+    check: str  # http | tcp | cmd
+    target: str  # URL, host:port or command ($PORT expanded)
+    interval: float
+    timeout: float
+    cwd: str
+
+
+@dataclass(frozen=True)
+class HealthPlan:
+    """Every probe the health worker should run now (the rest stop)."""
+
+    targets: tuple[ProbeTarget, ...]
+    kind: Literal["health_plan"] = "health_plan"
+
+
+@dataclass(frozen=True)
 class Leave:
     """The node is shutting down: say goodbye now (peers stop routing here at once)."""
 
@@ -119,5 +152,5 @@ class Stop:
     kind: Literal["stop"] = "stop"
 
 
-WorkerMessage = Ready | Heartbeat | ControlRequest | PeersUpdate | ProxyStats
-ParentMessage = Configure | ControlReply | RoutesUpdate | Announce | Leave | Stop
+WorkerMessage = Ready | Heartbeat | ControlRequest | PeersUpdate | ProxyStats | HealthResult
+ParentMessage = Configure | ControlReply | RoutesUpdate | Announce | HealthPlan | Leave | Stop

@@ -58,7 +58,7 @@ def test_up_runs_services_with_port_env_and_status(project: Project) -> None:
     status = project.status()
     assert status["node"]["pid"] == project.running[0].pid
     assert status["node"]["namespace"]
-    assert [w["name"] for w in status["workers"]] == ["control", "proxy-1"]
+    assert [w["name"] for w in status["workers"]] == ["control", "proxy-1", "health"]
     assert all(w["state"] == "running" for w in status["workers"])
     for svc in status["services"]:
         assert set(svc) >= {"name", "port", "state", "pid", "restarts", "health"}

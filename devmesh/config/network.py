@@ -72,13 +72,15 @@ def as_ipv4(value: object) -> str:
 
 
 def parse_health(value: object) -> HealthCheck:
-    """`http(s)://...` -> "http", `tcp://host:port` -> "tcp", `cmd:...` -> "cmd"."""
+    """`http(s)://...` -> "http", `tcp://host:port` -> "tcp", `cmd:...` -> "cmd". `$PORT`
+    stands for the service's port (checked here as if it were a port)."""
     fix = 'use "http://host:port/path", "tcp://host:port" or "cmd:COMMAND"'
     text = as_text(value)
+    checked = text.replace("${PORT}", "1").replace("$PORT", "1")
     scheme = text.split(":", 1)[0].lower()
     if scheme in ("http", "https"):
         try:
-            ok = bool(urlsplit(text).hostname) and urlsplit(text).port != 0
+            ok = bool(urlsplit(checked).hostname) and urlsplit(checked).port != 0
         except ValueError:
             ok = False
         if not ok:
@@ -87,7 +89,7 @@ def parse_health(value: object) -> HealthCheck:
             )
         return HealthCheck("http", text)
     if scheme == "tcp" and text[3:6] == "://":
-        hp = split_host_port(text[6:])
+        hp = split_host_port(checked[6:])
         if hp is None or not hp[1]:
             raise BadValue(
                 f"{show(value)} is not tcp://host:port", "write it like tcp://localhost:5432"

@@ -26,6 +26,7 @@ from devmesh import __version__
 from devmesh import messages as m
 from devmesh.config import ConfigError, load
 from devmesh.config.model import Config
+from devmesh.health.probes import expand
 from devmesh.logs.writer import LogSink
 from devmesh.namespace import resolve_namespace
 from devmesh.paths import ProjectPaths
@@ -35,9 +36,11 @@ from devmesh.supervisor.lock import ProjectLock
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.reload import FileWatch, diff
 from devmesh.supervisor.routes import (
+    ROUTABLE,
     build_table,
     describe_routes,
     peer_routes,
+    public_state,
     url,
     version_mismatches,
 )
@@ -94,6 +97,7 @@ class Supervisor:
         self._proxy_key: tuple[int, int, str] | None = None  # (port, workers, lan_access) served
         self._routes: RouteTable | None = None
         self._announced: m.Announce | None = None
+        self._health_plan: m.HealthPlan | None = None
         self._mismatches: list[str] = []
         self.pins: dict[str, str] = {}  # service -> peer node id (`devmesh route --peer`)
         self._proxy_refused: dict[str, int] = {}  # proxy worker -> requests it refused (403)
@@ -252,6 +256,7 @@ class Supervisor:
             WorkerSpec("control", "devmesh.control.worker:make_role", sockets=lambda: [ctl])
         )
         self._reconcile_proxy()
+        self._add_worker(WorkerSpec("health", "devmesh.health.worker:make_role"))
         if self.discovery_enabled:
             self._add_worker(
                 WorkerSpec(
@@ -334,7 +339,7 @@ class Supervisor:
         peers = peer_routes(self.peers.peers)
         pins = tuple(sorted(self.pins.items()))
         key = (
-            tuple(s.timer_token for s in svcs.services.values()),
+            tuple((s.timer_token, s.healthy) for s in svcs.services.values()),
             tuple(svcs.services),
             peers,
             pins,
@@ -358,6 +363,7 @@ class Supervisor:
             pins,
         )
         self._routes_key, self._routes_at = key, now
+        self._plan_health()  # every transition: a new run gets probed at once
         old = self._routes
         same = old is not None and (table.services, table.peers, table.pins) == (
             old.services,
@@ -376,12 +382,50 @@ class Supervisor:
                 handle.send(m.RoutesUpdate(table))
         self._announce()
 
+    def _plan_health(self) -> None:
+        """Tell the health worker what to probe: every run that is up (a changed plan only)."""
+        targets = []
+        for s in self.svcs.services.values():
+            if s.health is None or s.state not in ROUTABLE:
+                continue
+            check = s.config.health
+            kind, target = (check.kind, check.target) if check else ("tcp", "127.0.0.1:$PORT")
+            targets.append(
+                m.ProbeTarget(
+                    service=s.name,
+                    generation=s.instance,
+                    check=kind,
+                    target=expand(target, s.port),
+                    interval=s.config.health_interval,
+                    timeout=s.config.health_timeout,
+                    cwd=str(s.config.cwd),
+                )
+            )
+        plan = m.HealthPlan(targets=tuple(targets))
+        if plan == self._health_plan:
+            return
+        self._health_plan = plan
+        handle = self.workers.get("health")
+        if handle is not None:
+            handle.send(plan)
+
+    def _health_result(self, msg: m.HealthResult) -> None:
+        svc = self.svcs.services.get(msg.service)
+        if svc is None or svc.health is None or svc.instance != msg.generation:
+            return  # a run that has ended
+        if not svc.health.record(msg.ok, msg.detail, msg.latency, time.monotonic()):
+            return
+        status = svc.health.status.value
+        detail = "" if msg.ok else f": {msg.detail}"
+        self.logs.system(f"{svc.name} is {status}{detail}", svc.name)
+        self.svcs.dirty = True  # dependents waiting for "healthy"; the routes follow
+
     def _announce(self) -> None:
         """Tell the discovery worker what this node has, when that changed."""
         services = tuple(
             {
                 "name": s.config.name,
-                "state": s.state.value,
+                "state": public_state(s),  # running once healthy
                 "version": s.config.version,
                 "routes": tuple(s.config.routes),
             }
@@ -427,6 +471,8 @@ class Supervisor:
             handle.send(m.RoutesUpdate(self._routes))  # a restarted worker serves at once
         if handle.name == "discovery" and self._announced is not None:
             handle.send(self._announced)
+        if handle.name == "health" and self._health_plan is not None:
+            handle.send(self._health_plan)
         self.selector.register(
             handle.conn, selectors.EVENT_READ, lambda _: self._from_worker(handle)
         )
@@ -438,6 +484,8 @@ class Supervisor:
                 handle.send(self._control(msg))
             elif isinstance(msg, m.PeersUpdate):
                 self._peers_changed(msg)
+            elif isinstance(msg, m.HealthResult):
+                self._health_result(msg)
             elif isinstance(msg, m.ProxyStats):
                 self._proxy_refused[msg.worker] = msg.refused
         if eof:  # the worker's end of the pipe closed: it died

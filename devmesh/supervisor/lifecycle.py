@@ -176,7 +176,7 @@ class ServiceSet:
                 started=dep.ever_started and dep.state is not S.STOPPED,
                 running=dep.state is S.RUNNING,
                 completed=dep.state is S.EXITED and last is not None and not last.failed,
-                healthy=dep.state is S.RUNNING,  # until health checks exist: alive start_secs
+                healthy=dep.healthy or (dep.config.command is None),  # external: assumed
             )
             if not met:
                 waiting.append(f"{dep_name} ({cond.value})")
@@ -203,6 +203,7 @@ class ServiceSet:
         svc.ever_started = True
         svc.started_at = time.monotonic()
         svc.started_wall = time.time()
+        svc.new_health(svc.started_at)
         self.host.watchdog.add_group(spawned.pid)
         svc.output = OutputPipe(svc.name, spawned.output_fd)
         self.host.selector.register(
@@ -409,6 +410,8 @@ class ServiceSet:
             svc.to(S.STOPPED)
         svc.by_hand = pid
         svc.user_stopped = True  # devmesh never starts it while it is run by hand
+        svc.instance = f"{self.node_id}.hand.{pid}"
+        svc.new_health(time.monotonic())
         svc.to(S.STARTING)
         svc.to(S.RUNNING, f"run by hand (devmesh run, pid {pid})")
         self.host.logs.system(f"{svc.name} run by hand on port {svc.port} (pid {pid})", svc.name)

@@ -16,15 +16,24 @@ ROUTABLE = frozenset({S.STARTING, S.RUNNING})
 TAIL_LINES = 10
 
 
+def public_state(svc: Service) -> str:
+    """The state the proxy and peers see: `running` only once healthy."""
+    if svc.state in ROUTABLE and not svc.healthy:
+        h = svc.health
+        return "unhealthy" if h is not None and h.status.value == "unhealthy" else "starting"
+    return svc.state.value
+
+
 def service_route(svc: Service, tail: Callable[[str, int], list[str]]) -> ServiceRoute:
     """What the proxy needs to know about one service."""
     cfg = svc.config
-    external = cfg.command is None
-    routable = external or svc.state in ROUTABLE
+    external = cfg.command is None and svc.by_hand is None
+    # Traffic only to a run its probes call healthy (an external service is not probed).
+    routable = external or (svc.state in ROUTABLE and svc.healthy)
     return ServiceRoute(
         name=svc.name,
         upstream=Upstream("127.0.0.1", svc.port) if routable else None,
-        state="external" if external else svc.state.value,
+        state="external" if external else public_state(svc),
         restarts=svc.restarts,
         reason=svc.reason,
         aliases=tuple(a.lower() for a in cfg.aliases),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devmesh.config.model import ServiceConfig
+from devmesh.health.policy import Health, HealthTracker
 from devmesh.supervisor.policy import Exit
 from devmesh.supervisor.procs import Spawned
 from devmesh.supervisor.states import ServiceState, check_transition
@@ -45,6 +46,28 @@ class Service:
     reason: str = ""  # why it is EXITED / FAILED / BACKOFF
     timer_token: int = 0  # bumps on every transition: stale timers see a different token
     by_hand: int | None = None  # `devmesh run`: the pid of that command while it lasts
+    health: HealthTracker | None = None  # the verdict on the current run (None: not probed)
+
+    def new_health(self, now: float) -> None:
+        """A new run: its health is unknown until its probes decide."""
+        cfg = self.config
+        self.health = HealthTracker(
+            cfg.healthy_threshold, cfg.unhealthy_threshold, cfg.start_period, now
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the current run is up and its probes say healthy."""
+        h = self.health
+        return (
+            h is not None
+            and h.status is Health.HEALTHY
+            and self.state
+            in (
+                ServiceState.STARTING,
+                ServiceState.RUNNING,
+            )
+        )
 
     @property
     def name(self) -> str:
@@ -68,6 +91,21 @@ class Service:
         """Exit code of the last exit (None if it never exited or a signal killed it)."""
         return self.history[-1].code if self.history else None
 
+    def _health_snapshot(self, now: float) -> dict[str, Any] | None:
+        h = self.health
+        if h is None or self.state not in (ServiceState.STARTING, ServiceState.RUNNING):
+            return None
+        wall = time.time()
+        return {
+            "status": h.status.value,
+            "check": self.config.health.kind if self.config.health else "port",
+            "last_ok": h.last_ok,
+            "detail": h.last_detail or None,
+            "latency_ms": None if h.last_latency is None else round(h.last_latency * 1000, 2),
+            "checked_at": None if h.last_at is None else wall - (now - h.last_at),
+            "changed_at": None if h.changed_at is None else wall - (now - h.changed_at),
+        }
+
     def snapshot(self, now: float) -> dict[str, Any]:
         """The service as `devmesh status --json` shows it."""
         last = self.history[-1] if self.history else None
@@ -77,7 +115,7 @@ class Service:
             "state": self.state.value,
             "pid": self.pid,
             "restarts": self.restarts,
-            "health": None,  # health checks arrive with the health worker
+            "health": self._health_snapshot(now),
             "exit_code": last.code if last else None,
             "exit_signal": last.signal if last else None,
             "reason": self.reason or None,

@@ -1,0 +1,1 @@
+"""Health checks: probes, what their results mean, and the worker that runs them."""
