@@ -201,3 +201,25 @@ def test_routing_and_dependencies_follow_health(project: Project) -> None:
     wait_until(lambda: get("api")[0] == 503, 5, "api out of the routes")
     assert time.monotonic() - started < 2.0
     assert "api is unhealthy: HTTP 503" in project.running[0].text()
+
+
+def test_restart_on_unhealthy_uses_the_crash_backoff(project: Project) -> None:
+    """A run that stays unhealthy is ended like a crash: restarted with backoff, and a loop of
+    it ends in `failed` like a crash loop does."""
+    project.toml(
+        """
+        [services.api]
+        command = "exec sleep 600"
+        health = "cmd:exit 1"
+        health_interval = "100ms"
+        unhealthy_threshold = 2
+        restart_on_unhealthy = true
+        max_restarts = 2
+        """
+    )
+    run = project.up()
+    wait_until(lambda: project.service("api")["restarts"] >= 1, 15, "a restart for ill health")
+    assert "stays unhealthy: ending it to restart it" in run.text()
+    failed = project.wait_state("api", "failed", timeout=30)
+    assert failed["restarts"] == 2
+    assert "restarting in" in run.text()  # the same backoff as a crash

@@ -419,6 +419,8 @@ class Supervisor:
         detail = "" if msg.ok else f": {msg.detail}"
         self.logs.system(f"{svc.name} is {status}{detail}", svc.name)
         self.svcs.dirty = True  # dependents waiting for "healthy"; the routes follow
+        if status == "unhealthy" and svc.config.restart_on_unhealthy:
+            self.svcs.end_unhealthy(svc)
 
     def _announce(self) -> None:
         """Tell the discovery worker what this node has, when that changed."""

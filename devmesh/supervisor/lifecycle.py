@@ -396,6 +396,17 @@ class ServiceSet:
 
     # ------------------------------------------------------------------ user actions
 
+    def end_unhealthy(self, svc: Service) -> None:
+        """`restart_on_unhealthy`: end the run the way a crash would, so the restart policy and
+        its backoff (and the crash-loop limit) decide what comes next."""
+        if svc.proc is None or svc.pgid is None or svc.state not in (S.STARTING, S.RUNNING):
+            return
+        self.host.logs.system(
+            f"{svc.name} stays unhealthy: ending it to restart it (restart_on_unhealthy)", svc.name
+        )
+        procs.signal_group(svc.pgid, svc.config.stop_signal)
+        self._timer(svc, svc.config.stop_timeout, self._kill_remains)  # the same run, still up
+
     def attach(self, svc: Service, pid: int) -> str:
         """`devmesh run`: the user runs the service by hand on its port; devmesh routes to it
         and announces it as running until that command ends. '' or why not."""
