@@ -461,21 +461,24 @@ class ProxyProc:
             if key in data:
                 return data
 
-    def write_table(self, services: list[dict[str, Any]], proxy_port: int | None = None) -> None:
-        """Write the JSON route table (a new version each time)."""
+    def write_table(
+        self, services: list[dict[str, Any]], proxy_port: int | None = None, **extra: Any
+    ) -> None:
+        """Write the JSON route table (a new version each time); `extra`: peers, node."""
         table = {
             "version": self.version,
             "proxy_port": proxy_port or self.port,
             "services": services,
+            **extra,
         }
         tmp = self.table_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(table))
         tmp.replace(self.table_path)
 
-    def reload(self, services: list[dict[str, Any]]) -> None:
+    def reload(self, services: list[dict[str, Any]], **extra: Any) -> None:
         """Swap the route table (SIGHUP) and wait until the proxy says it has."""
         self.version += 1
-        self.write_table(services)
+        self.write_table(services, **extra)
         self.proc.send_signal(signal.SIGHUP)
         assert self.expect("reloaded", 10)["reloaded"] == self.version
 

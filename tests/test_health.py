@@ -9,12 +9,14 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from devmesh.health.policy import Health, HealthTracker
 from devmesh.health.probes import expand, probe
 from tests.conftest import Project, free_port, wait_until
+from tests.proxy_helpers import ProxyProc, service
 
 # ---------------------------------------------------------------------- policy
 
@@ -57,19 +59,23 @@ def test_start_period_forgives_failures_but_not_after() -> None:
 class Backend:
     """An HTTP server on loopback whose /health answers `status` (or hangs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, body: bytes = b"") -> None:
         self.status = 200
+        self.body = body
+        self.hits = 0
         self.hanging = False
         self.release = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer.hits += 1
                 if outer.hanging:
                     outer.release.wait(30)  # bounded; released when the backend stops
                 self.send_response(outer.status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(outer.body)))
                 self.end_headers()
+                self.wfile.write(outer.body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -223,3 +229,51 @@ def test_restart_on_unhealthy_uses_the_crash_backoff(project: Project) -> None:
     failed = project.wait_state("api", "failed", timeout=30)
     assert failed["restarts"] == 2
     assert "restarting in" in run.text()  # the same backoff as a crash
+
+
+def test_passive_ejection(tmp_path: Path) -> None:
+    """A copy that answers 5xx is skipped at once for `eject_for` (the request that met it goes
+    to the other copy), then tried again."""
+    with Backend(b"local") as local, Backend(b"peer") as peer:
+        table = [service("api", local.port)]
+        with ProxyProc(tmp_path, table, eject_for=0.5) as proxy:
+            proxy.reload(
+                table,
+                peers=[
+                    {
+                        "node": "p1",
+                        "address": "127.0.0.1",
+                        "proxy_port": peer.port,
+                        "services": [{"name": "api", "state": "running"}],
+                    }
+                ],
+                node="me",
+            )
+
+            def body() -> str:
+                status, data = fetch(proxy.port)
+                assert status == 200, (status, data)
+                return data
+
+            wait_until(lambda: body() == "local" and peer.hits == 0, 10, "the local copy first")
+            local.status = 500
+            hits = local.hits
+            assert body() == "peer"  # the 500 was not shown: the other copy answered
+            assert local.hits == hits + 1
+            for _ in range(5):
+                assert body() == "peer"
+            assert local.hits == hits + 1  # ejected: not asked again meanwhile
+            local.status = 200
+            wait_until(lambda: body() == "local", 10, "the local copy back after eject_for")
+
+
+def fetch(port: int) -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": "api"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from devmesh.proxy.server import ProxyServer, Settings
-from devmesh.proxy.table import RouteTable, ServiceRoute, Upstream
+from devmesh.proxy.table import PeerRoute, PeerService, RouteTable, ServiceRoute, Upstream
 
 
 def table_from_json(data: dict[str, Any]) -> RouteTable:
@@ -31,10 +31,23 @@ def table_from_json(data: dict[str, Any]) -> RouteTable:
             if key in svc:
                 svc[key] = tuple(svc[key])
         services.append(ServiceRoute(upstream=Upstream(**up) if up else None, **svc))
+    peers = tuple(
+        PeerRoute(
+            node=p["node"],
+            name=p.get("name", p["node"]),
+            address=p["address"],
+            proxy_port=int(p["proxy_port"]),
+            services=tuple(PeerService(**s) for s in p.get("services", [])),
+            rtt_ms=p.get("rtt_ms"),
+        )
+        for p in data.get("peers", [])
+    )
     return RouteTable(
         version=int(data.get("version", 1)),
         proxy_port=int(data.get("proxy_port", 8080)),
         services=tuple(services),
+        peers=peers,
+        node=str(data.get("node", "")),
     )
 
 

@@ -232,6 +232,8 @@ class ClientProtocol(Outbox):
                 else:
                     if target.remote_choice:
                         target = server.stuck(self.client_ip, target)
+                    if server.ejected:
+                        target = server.avoiding(target)
                     ex.target = target
                     if target.candidates[0].warning:
                         ex.warning = target.candidates[0].warning
@@ -449,6 +451,9 @@ class ClientProtocol(Outbox):
         if ex.resp_started:
             self.close()  # a truncated response is the only honest signal left
             return
+        target = ex.target
+        if target is not None and target.candidates:
+            self.server.failed(target.candidates[ex.attempt].key)
         if self.retry(ex, status):
             return
         self._local(ex, status, detail)

@@ -63,10 +63,12 @@ class Target:
     def led_by(self, peer: str) -> Target:
         """This target with `peer`'s candidate first (the others keep their order)."""
         first = next(c for c in self.candidates if c.peer == peer)
-        rest = tuple(c for c in self.candidates if c is not first)
-        return replace(
-            self, host_line=self.peer_lines[peer], key=first.key, candidates=(first, *rest)
-        )
+        return self.reordered((first, *(c for c in self.candidates if c is not first)))
+
+    def reordered(self, candidates: tuple[Candidate, ...]) -> Target:
+        """This target with its candidates in another order."""
+        first = candidates[0]
+        return replace(self, host_line=self.line_for(first), key=first.key, candidates=candidates)
 
     @property
     def warning(self) -> bytes:

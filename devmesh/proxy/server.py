@@ -43,6 +43,7 @@ class Settings:
     pool_idle_timeout: float = 60.0
     connect_timeout: float = 10.0
     retries: int = 2  # other candidates (peers) tried when one fails
+    eject_for: float = 10.0  # passive health: a copy that failed gets no traffic this long
     grace: float = 5.0  # how long a stop waits for requests in flight
 
     @classmethod
@@ -75,6 +76,8 @@ class ProxyServer:
         self.refused = 0  # requests refused by the LAN policy
         # (client address, service) -> the peer that served it last: the client sticks to it.
         self.sticky: dict[tuple[bytes, str], str] = {}
+        # Passive health: copies (pool keys) that just failed, and until when they are avoided.
+        self.ejected: dict[tuple[str, int], float] = {}
         self._led: dict[tuple[int, str], Target] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -147,6 +150,25 @@ class ProxyServer:
         if led is None:
             led = self._led[key] = target.led_by(peer)
         return led
+
+    def failed(self, key: tuple[str, int]) -> None:
+        """A copy refused a connection, broke off or answered 5xx: avoid it for a while
+        (when another copy exists), without waiting for the next health probe."""
+        self.ejected[key] = self.now + self.settings.eject_for
+
+    def recovered(self, key: tuple[str, int]) -> None:
+        """A copy answered: no longer avoided."""
+        self.ejected.pop(key, None)
+
+    def avoiding(self, target: Target) -> Target:
+        """`target` with the copies that failed lately moved to the end (in their order)."""
+        now = self.now
+        for key in [k for k, until in self.ejected.items() if until <= now]:
+            del self.ejected[key]
+        bad = [c for c in target.candidates if c.key in self.ejected]
+        if not bad or len(bad) == len(target.candidates):
+            return target  # nothing to avoid, or nothing better: try them all
+        return target.reordered((*[c for c in target.candidates if c not in bad], *bad))
 
     def pool(self, key: tuple[str, int]) -> Pool:
         """The connection pool for one backend address."""

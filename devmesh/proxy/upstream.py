@@ -183,7 +183,11 @@ class UpstreamConn(Outbox):
         target = ex.target
         if target is not None and target.remote_choice and code < 500:
             self.server.stick(ex.client.client_ip, target, target.candidates[ex.attempt].peer)
-        if code >= 500 and ex.target is not None and len(ex.target.candidates) > 1:
+        server = self.server
+        if server.ejected and target is not None and code < 500:
+            server.recovered(target.candidates[ex.attempt].key)
+        if code >= 500 and target is not None and len(target.candidates) > 1:
+            server.failed(target.candidates[ex.attempt].key)  # passive health
             # Another candidate may do better: this answer is dropped (with its connection).
             self.ex = None
             ex.upstream = None
