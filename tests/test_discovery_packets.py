@@ -127,3 +127,12 @@ def test_ipv4_address_preferred_while_heard() -> None:
     # IPv4 silent for 3 intervals (IPv6 still heard): IPv6 it is.
     table.datagram(encode(announcement(seq=4))[0], "fe80::1%2", 3.5)
     assert table.peers["n2"].address == "fe80::1%2"
+
+
+def test_a_silent_peer_is_stale_before_it_is_gone() -> None:
+    table = PeerTable("n1", "main")
+    table.datagram(encode(announcement(seq=1))[0], "10.0.0.2", 0.0)
+    assert table.peers["n2"].as_dict(1.4)["stale"] is False
+    assert table.peers["n2"].as_dict(1.6)["stale"] is True  # 1.5 intervals of 1 s
+    table.datagram(encode(announcement(seq=2))[0], "10.0.0.2", 1.7)
+    assert table.peers["n2"].as_dict(1.8)["stale"] is False

@@ -299,3 +299,12 @@ def test_nearest_peer_first() -> None:
     )
     target = Router(RouteTable(1, 8080, (), peers)).get("api")
     assert target is not None and [c.peer for c in target.candidates] == ["b", "a", "c"]
+
+
+def test_stale_peers_last() -> None:
+    peers = (
+        PeerRoute("a", "A", "10.0.0.1", 8080, (PeerService("api", "running"),), 1, stale=True),
+        PeerRoute("b", "B", "10.0.0.2", 8080, (PeerService("api", "running"),), 9),
+    )
+    target = Router(RouteTable(1, 8080, (), peers)).get("api")
+    assert target is not None and [c.peer for c in target.candidates] == ["b", "a"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from devmesh.discovery.packet import BYE, Announcement, BadPacket, ServiceInfo, decode
 
 MISSES = 3
+STALE = 1.5  # intervals of silence after which a peer is shown (and ranked) as stale
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Peer:
             "boot": self.boot,
             "seen_ago": round(max(0.0, now - self.last_seen), 3),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+            # Silent for more than an interval and a half: an announcement went missing.
+            "stale": now - self.last_seen > STALE * self.interval,
             "services": [
                 {"name": s.name, "state": s.state, "version": s.version, "routes": list(s.routes)}
                 for s in self.services

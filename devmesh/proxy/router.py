@@ -260,16 +260,16 @@ class Router:
         pin: str = "",
     ) -> tuple[tuple[Candidate, ...], tuple[str, ...]]:
         """Where `route` can be served, best first: a pinned peer (`devmesh route`), then
-        this node's own process when it runs, then the peers that run it, nearest first
-        (measured round trip; then by node id, so every worker agrees), then this node's
-        process if it is starting; and the peers left out for running another version than
-        this node declares (strict)."""
+        this node's own process when it runs, then the peers that run it, fresh before stale,
+        nearest first (measured round trip; then by node id, so every worker agrees), then
+        this node's process if it is starting; and the peers left out for running another
+        version than this node declares (strict)."""
         remote: list[Candidate] = []
         mismatched: list[str] = []
         ours = route.version
 
-        def order(p: PeerRoute) -> tuple[bool, bool, int, str]:
-            return (p.node != pin, p.rtt_ms is None, p.rtt_ms or 0, p.node)
+        def order(p: PeerRoute) -> tuple[bool, bool, bool, int, str]:
+            return (p.node != pin, p.stale, p.rtt_ms is None, p.rtt_ms or 0, p.node)
 
         for p in sorted(peers, key=order):
             for s in p.services:

@@ -57,6 +57,7 @@ class PeerRoute:
     proxy_port: int
     services: tuple[PeerService, ...] = ()
     rtt_ms: int | None = None  # the measured round trip, whole milliseconds (None: unknown)
+    stale: bool = False  # its announcements stopped coming (not yet gone): tried last
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ def peer_routes(peers: Iterable[dict[str, Any]]) -> tuple[PeerRoute, ...]:
                 PeerService(s["name"], s["state"], s.get("version")) for s in p["services"]
             ),
             rtt_ms=None if p.get("rtt_ms") is None else round(p["rtt_ms"]),
+            stale=bool(p.get("stale")),
         )
         for p in peers
     )
