@@ -418,3 +418,75 @@ def test_garbage_datagrams_are_dropped_and_counted(
         5,
         "A hears B after the junk",
     )
+
+
+SICKLY = """
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        sick = os.path.exists("sick")
+        body = ("sick" if sick else open("site/index.html").read().strip()).encode()
+        self.send_response(503 if sick else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+def test_a_peer_copy_turning_unhealthy_mid_load(
+    new_project: Callable[[], Project], lab: Lab
+) -> None:
+    """One of two copies turns unhealthy (503 on everything) while a client hammers the name:
+    passive ejection and retries hide it at once, the health probe takes it out of the routes
+    and its node announces it, and not one request fails."""
+    health = '\nhealth = "http://127.0.0.1:$PORT/"\nhealth_interval = "200ms"\n'
+    sickly = SERVICE.replace(
+        "python3 -m http.server $PORT --bind 127.0.0.1 --directory site", "python3 sickly.py"
+    )
+
+    def copy(host: int, body: str) -> Project:
+        proj = new_project()
+        proj.write("sickly.py", SICKLY)
+        proj.env.pop("DEVMESH_DISCOVERY")
+        proj.prefix = lab.exec(host, [])
+        proj.write("site/index.html", body + "\n")
+        proj.toml(
+            f'[mesh]\nnamespace = "team"\n\n'
+            f'[discovery]\ninterval = "{int(INTERVAL * 1000)}ms"\n'
+            + sickly.format(name="api", version="1.0")
+            + health
+        )
+        proj.up()
+        proj.wait_state("api", "running")
+        return proj
+
+    a = copy(1, "api of A")
+    c = copy(3, "api of C")
+    b = node(new_project, lab, 2, "web")
+    wait_until(lambda: sees(b, "api", 2), 10, "B sees both healthy copies")
+    wait_until(lambda: sees(a, "web", 1) and sees(c, "web", 1), 10, "both see B")
+    argv = lab.exec(
+        2, [sys.executable, str(CLIENT), "127.0.0.1", str(b.proxy_port), "api", "2000", "20"]
+    )
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "going"
+        (a.root / "sick").write_text("")
+        (c.root / "sick").unlink(missing_ok=True)
+        wait_until(
+            lambda: (a.service("api")["health"] or {}).get("status") == "unhealthy", 10, "A sick"
+        )
+        wait_until(lambda: sees(b, "api", 1), 5, "B routes only to C")
+        out, _ = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    report = json.loads(out.splitlines()[-1])
+    assert report["other"] == {}, report
+    assert report["bodies"]["api of C"] > 0
