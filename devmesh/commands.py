@@ -385,6 +385,15 @@ def _age(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def _health(h: dict[str, Any] | None) -> str:
+    """`healthy`, `unhealthy (HTTP 503)`, `unknown`, or `-` when nothing runs."""
+    if not h:
+        return "-"
+    if h["status"] == "unhealthy" and h.get("detail"):
+        return f"unhealthy ({h['detail']})"
+    return str(h["status"])
+
+
 def render_status(data: dict[str, Any]) -> str:
     """The status table (`devmesh status`)."""
     node = data["node"]
@@ -393,13 +402,14 @@ def render_status(data: dict[str, Any]) -> str:
         "",
     ]
     rows: list[tuple[str, ...]] = [
-        ("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "URL", "INFO")
+        ("SERVICE", "STATE", "HEALTH", "PID", "PORT", "RESTARTS", "UPTIME", "URL", "INFO")
     ]
     for s in data["services"]:
         rows.append(
             (
                 s["name"],
                 s["state"],
+                _health(s.get("health")),
                 str(s["pid"] or "-"),
                 str(s["port"] or "-"),
                 str(s["restarts"]),

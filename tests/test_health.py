@@ -196,6 +196,7 @@ def test_routing_and_dependencies_follow_health(project: Project) -> None:
     assert web["state"] == "stopped" and "api (healthy)" in (web["reason"] or "")
     status, body = get("api")
     assert status == 503 and "unhealthy" in body
+    assert "unhealthy (HTTP 503)" in project.cli("status").stdout
     # Healthy: routed, and web starts.
     (project.root / "healthy").write_text("")
     wait_until(lambda: get("api") == (200, "api /x"), 10, "api routed once healthy")
