@@ -386,9 +386,12 @@ def _age(seconds: float | None) -> str:
 
 
 def _health(h: dict[str, Any] | None) -> str:
-    """`healthy`, `unhealthy (HTTP 503)`, `unknown`, or `-` when nothing runs."""
+    """`healthy`, `unhealthy (HTTP 503)`, `unknown`; `ready` / `not listening` for a service
+    checked only by its port; `-` when nothing runs."""
     if not h:
         return "-"
+    if h.get("check") == "port":
+        return "ready" if h["status"] == "healthy" else "not listening"
     if h["status"] == "unhealthy" and h.get("detail"):
         return f"unhealthy ({h['detail']})"
     return str(h["status"])

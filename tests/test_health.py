@@ -278,3 +278,13 @@ def fetch(port: int) -> tuple[int, str]:
         return resp.status, resp.read().decode()
     finally:
         conn.close()
+
+
+def test_a_port_check_says_ready_or_not_never_unhealthy() -> None:
+    t = HealthTracker(1, 2, 0.0, started_at=0.0, readiness=True)
+    for now in (0.1, 0.2, 0.3):
+        assert not t.record(False, "connection refused", None, now)
+    assert t.status is Health.UNKNOWN  # a worker without a port: not routed, not "unhealthy"
+    assert t.record(True, "connected", 0.001, 0.4) and t.status is Health.HEALTHY
+    assert not t.record(False, "connection refused", None, 0.5)
+    assert t.record(False, "connection refused", None, 0.6) and t.status is Health.UNKNOWN

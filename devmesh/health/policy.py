@@ -4,6 +4,8 @@ One `HealthTracker` per run of a service (a restart starts a new one). A service
 until its probes decide: `healthy` after `healthy_threshold` successes in a row, `unhealthy`
 after `unhealthy_threshold` failures in a row. Failures within `start_period` of the start do not
 count (a slow starter is not unhealthy yet), but a success there counts at once (Docker's rule).
+A service with no `health` of its own is only checked for readiness (its port): it goes back to
+`unknown`, never to `unhealthy`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class HealthTracker:
     unhealthy_threshold: int
     start_period: float
     started_at: float  # monotonic
+    # No `health` configured: the probe only says whether its port accepts connections. Such
+    # a service is ready or not, never unhealthy (a worker with no port is simply not routed).
+    readiness: bool = False
     status: Health = Health.UNKNOWN
     ok_streak: int = 0
     fail_streak: int = 0
@@ -50,8 +55,11 @@ class HealthTracker:
         if now - self.started_at < self.start_period and self.status is Health.UNKNOWN:
             return False  # still starting: this failure is not held against it
         self.fail_streak += 1
-        if self.status is not Health.UNHEALTHY and self.fail_streak >= self.unhealthy_threshold:
-            return self._become(Health.UNHEALTHY, now)
+        if self.fail_streak < self.unhealthy_threshold:
+            return False
+        down = Health.UNKNOWN if self.readiness else Health.UNHEALTHY
+        if self.status is not down:
+            return self._become(down, now)
         return False
 
     def _become(self, status: Health, now: float) -> bool:

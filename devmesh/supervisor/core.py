@@ -417,6 +417,8 @@ class Supervisor:
             return
         status = svc.health.status.value
         detail = "" if msg.ok else f": {msg.detail}"
+        if svc.health.readiness:  # only its port is checked
+            status = "ready" if msg.ok else "not ready"
         self.logs.system(f"{svc.name} is {status}{detail}", svc.name)
         self.svcs.dirty = True  # dependents waiting for "healthy"; the routes follow
         if status == "unhealthy" and svc.config.restart_on_unhealthy:

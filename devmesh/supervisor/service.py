@@ -52,7 +52,11 @@ class Service:
         """A new run: its health is unknown until its probes decide."""
         cfg = self.config
         self.health = HealthTracker(
-            cfg.healthy_threshold, cfg.unhealthy_threshold, cfg.start_period, now
+            cfg.healthy_threshold,
+            cfg.unhealthy_threshold,
+            cfg.start_period,
+            now,
+            readiness=cfg.health is None,
         )
 
     @property
