@@ -43,7 +43,9 @@ class Settings:
     pool_idle_timeout: float = 60.0
     connect_timeout: float = 10.0
     retries: int = 2  # other candidates (peers) tried when one fails
-    eject_for: float = 10.0  # passive health: a copy that failed gets no traffic this long
+    # Passive health: a copy that failed gets no traffic this long, or until the next route
+    # table (health or peers changed): longer than active detection takes with the defaults.
+    eject_for: float = 30.0
     grace: float = 5.0  # how long a stop waits for requests in flight
 
     @classmethod
@@ -130,6 +132,7 @@ class ProxyServer:
             return  # an older snapshot arriving late
         self.router = Router(table)
         self._led.clear()
+        self.ejected.clear()  # the table carries fresher news of every copy
         keys = {c.key for t in self.router.targets for c in t.candidates}
         for key in [k for k in self.pools if k not in keys]:
             self.pools.pop(key).close()
@@ -154,7 +157,7 @@ class ProxyServer:
     def failed(self, key: tuple[str, int]) -> None:
         """A copy refused a connection, broke off or answered 5xx: avoid it for a while
         (when another copy exists), without waiting for the next health probe."""
-        self.ejected[key] = self.now + self.settings.eject_for
+        self.ejected[key] = self.loop.time() + self.settings.eject_for
 
     def recovered(self, key: tuple[str, int]) -> None:
         """A copy answered: no longer avoided."""
@@ -162,7 +165,7 @@ class ProxyServer:
 
     def avoiding(self, target: Target) -> Target:
         """`target` with the copies that failed lately moved to the end (in their order)."""
-        now = self.now
+        now = self.loop.time()
         for key in [k for k, until in self.ejected.items() if until <= now]:
             del self.ejected[key]
         bad = [c for c in target.candidates if c.key in self.ejected]
