@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +22,7 @@ from devmesh.proxy.router import (
 )
 from devmesh.proxy.server import ProxyServer, Settings
 from devmesh.proxy.table import PeerRoute, PeerService, RouteTable, ServiceRoute, Upstream
+from devmesh.supervisor.routes import peer_routes
 
 label = st.from_regex(r"[a-z][a-z0-9-]{0,14}", fullmatch=True)
 
@@ -308,3 +312,28 @@ def test_stale_peers_last() -> None:
     )
     target = Router(RouteTable(1, 8080, (), peers)).get("api")
     assert target is not None and [c.peer for c in target.candidates] == ["b", "a"]
+
+
+def test_rtt_counts_in_steps() -> None:
+    base: dict[str, Any] = {"node": "a", "name": "A", "address": "10.0.0.1", "proxy_port": 8080}
+    reports = [{**base, "services": [], "rtt_ms": r} for r in (0.4, 4.9, 7.2, None)]
+    assert [p.rtt_ms for p in peer_routes(reports)] == [0, 0, 5, None]
+
+
+def test_ejection_survives_a_new_table_unless_the_copy_left_and_came_back() -> None:
+    peers = (peer("a", 8081, ("api", "running")),)
+    table = RouteTable(1, 8080, (svc("api", 5000),), peers, node="me")
+    server = ProxyServer(Settings(), table)
+    server.loop = asyncio.new_event_loop()
+    try:
+        server.failed(("127.0.0.1", 5000))
+        target = server.router.get("api")
+        assert target is not None
+        assert [c.peer for c in server.avoiding(target).candidates] == ["a", ""]
+        server.set_table(RouteTable(2, 8080, (svc("api", 5000),), peers, node="me"))
+        assert ("127.0.0.1", 5000) in server.ejected  # still there: still avoided
+        server.set_table(RouteTable(3, 8080, (svc("api", None),), peers, node="me"))
+        server.set_table(RouteTable(4, 8080, (svc("api", 5000),), peers, node="me"))
+        assert not server.ejected  # it left the routes and came back: recovered
+    finally:
+        server.loop.close()

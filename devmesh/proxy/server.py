@@ -43,8 +43,8 @@ class Settings:
     pool_idle_timeout: float = 60.0
     connect_timeout: float = 10.0
     retries: int = 2  # other candidates (peers) tried when one fails
-    # Passive health: a copy that failed gets no traffic this long, or until the next route
-    # table (health or peers changed): longer than active detection takes with the defaults.
+    # Passive health: a copy that failed gets no traffic this long (longer than active detection
+    # takes with the defaults), or until it leaves the routes and comes back.
     eject_for: float = 30.0
     grace: float = 5.0  # how long a stop waits for requests in flight
 
@@ -130,9 +130,14 @@ class ProxyServer:
         """Install a new route table. Requests in flight keep the targets they were given."""
         if table.version < self.router.table.version:
             return  # an older snapshot arriving late
+        before = {c.key for t in self.router.targets for c in t.candidates}
         self.router = Router(table)
         self._led.clear()
-        self.ejected.clear()  # the table carries fresher news of every copy
+        after = {c.key for t in self.router.targets for c in t.candidates}
+        # A copy that left the routes (unhealthy, gone) and is back has recovered: no longer
+        # avoided; one that stayed stays avoided until its time is up.
+        for key in [k for k in self.ejected if k not in before or k not in after]:
+            del self.ejected[key]
         keys = {c.key for t in self.router.targets for c in t.candidates}
         for key in [k for k in self.pools if k not in keys]:
             self.pools.pop(key).close()

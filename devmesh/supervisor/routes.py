@@ -14,6 +14,7 @@ S = ServiceState
 # A process exists that may accept connections; the proxy learns the rest by trying.
 ROUTABLE = frozenset({S.STARTING, S.RUNNING})
 TAIL_LINES = 10
+RTT_STEP = 5  # ms: peers nearer to each other than this count as equally near
 
 
 def public_state(svc: Service) -> str:
@@ -55,7 +56,8 @@ def peer_routes(peers: Iterable[dict[str, Any]]) -> tuple[PeerRoute, ...]:
             services=tuple(
                 PeerService(s["name"], s["state"], s.get("version")) for s in p["services"]
             ),
-            rtt_ms=None if p.get("rtt_ms") is None else round(p["rtt_ms"]),
+            # In steps of RTT_STEP ms: a LAN's jitter must not rebuild the routes every interval.
+            rtt_ms=None if p.get("rtt_ms") is None else int(p["rtt_ms"] // RTT_STEP) * RTT_STEP,
             stale=bool(p.get("stale")),
         )
         for p in peers
