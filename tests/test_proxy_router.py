@@ -337,3 +337,35 @@ def test_ejection_survives_a_new_table_unless_the_copy_left_and_came_back() -> N
         assert not server.ejected  # it left the routes and came back: recovered
     finally:
         server.loop.close()
+
+
+class FakeClock:
+    """Stands in for the event loop's clock (only `time()` is used)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_ejection_cooldown_on_a_fake_clock() -> None:
+    peers = (peer("a", 8081, ("api", "running")),)
+    server = ProxyServer(Settings(eject_for=30.0), RouteTable(1, 8080, (svc("api", 5000),), peers))
+    clock = FakeClock()
+    server.loop = clock  # type: ignore[assignment]
+    target = server.router.get("api")
+    assert target is not None and [c.peer for c in target.candidates] == ["", "a"]
+    server.failed(("127.0.0.1", 5000))
+    clock.now = 29.9
+    assert [c.peer for c in server.avoiding(target).candidates] == ["a", ""]
+    server.recovered(("10.0.0.81", 8081))  # another copy answering changes nothing here
+    assert server.avoiding(target).candidates[0].peer == "a"
+    clock.now = 30.1
+    assert server.avoiding(target) is target and not server.ejected
+    # Every copy failed: nothing better to go to, all are tried in their order.
+    server.failed(("127.0.0.1", 5000))
+    server.failed(("10.0.0.81", 8081))
+    assert server.avoiding(target) is target
+    server.recovered(("127.0.0.1", 5000))  # it answered
+    assert [c.peer for c in server.avoiding(target).candidates] == ["", "a"]
