@@ -91,3 +91,22 @@ class DevmeshSource:
     def remove(self) -> None:
         """Delete the copy."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_section(path: Path, title: str, section: str) -> None:
+    """Write `section` (which starts with "## TITLE") into the markdown file `path`, replacing
+    the earlier section of that title, or appending it at the end."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    heading = f"## {title}\n"
+    if text.startswith(heading):
+        begin = 0
+    else:
+        at = text.find("\n" + heading)
+        begin = at + 1 if at >= 0 else -1
+    if begin < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", begin + 1)
+        text = text[:begin] + section + ("" if end < 0 else text[end:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n")

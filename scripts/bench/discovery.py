@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CALLER_ONLY, ROOT, DevmeshSource  # scripts/bench/common.py
+from common import CALLER_ONLY, ROOT, DevmeshSource, write_section  # scripts/bench/common.py
 
 sys.path.insert(0, str(ROOT / "tests"))
 from lab import Lab, lab_unavailable  # tests/lab.py, through the line above
@@ -1011,21 +1011,8 @@ def markdown(
 
 
 def write_markdown(path: Path, section: str) -> None:
-    """Write the section into `path`, replacing an earlier "## Discovery" section (or appending
-    it at the end)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if text.startswith("## Discovery\n"):
-        begin = 0
-    else:
-        start = text.find("\n## Discovery\n")
-        begin = start + 1 if start >= 0 else -1
-    if begin < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", begin + 1)
-        text = text[:begin] + section + ("" if end < 0 else text[end:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    """Write the section into `path`, replacing an earlier "## Discovery" section."""
+    write_section(path, "Discovery", section)
 
 
 # ---------------------------------------------------------------------------- main

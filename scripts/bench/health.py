@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CALLER_ONLY, ROOT, DevmeshSource  # scripts/bench/common.py
+from common import CALLER_ONLY, ROOT, DevmeshSource, write_section  # scripts/bench/common.py
 from discovery import API, environ, listed, load_api, stop_process, sweep_lab
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -769,19 +769,8 @@ def reading(results: Results, intervals: Sequence[float], only: str | None) -> l
 
 
 def write_markdown(path: Path, section: str) -> None:
-    """Write the section into `path`, replacing an earlier "## Health" section (or appending)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if text.startswith("## Health\n"):
-        begin = 0
-    else:
-        at = text.find("\n## Health\n")
-        begin = at + 1 if at >= 0 else -1
-    if begin < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", begin + 1)
-        text = text[:begin] + section + ("" if end < 0 else text[end:])
-    path.write_text(text.rstrip("\n") + "\n")
+    """Write the section into `path`, replacing an earlier "## Health" section."""
+    write_section(path, "Health", section)
 
 
 # ---------------------------------------------------------------------------- main

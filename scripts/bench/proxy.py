@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import IO
 
 import psutil
-from common import CALLER_ONLY, ROOT, DevmeshSource  # scripts/bench/common.py
+from common import CALLER_ONLY, ROOT, DevmeshSource, write_section  # scripts/bench/common.py
 
 PROXIES = ("devmesh", "relay", "nginx", "haproxy", "caddy", "direct")
 PROXY_NAMES = PROXIES[:-1]
@@ -1457,19 +1457,7 @@ def markdown(
 
 def write_markdown(path: Path, section: str) -> None:
     """Write the section into `path`, replacing an earlier "## Proxy" section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if text.startswith("## Proxy\n"):
-        begin = 0
-    else:
-        at = text.find("\n## Proxy\n")
-        begin = at + 1 if at >= 0 else -1
-    if begin < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", begin + 1)
-        text = text[:begin] + section + ("" if end < 0 else text[end:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    write_section(path, "Proxy", section)
 
 
 # ---------------------------------------------------------------------------- main

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import IO
 
 import psutil
-from common import CALLER_ONLY, DevmeshSource  # scripts/bench/common.py
+from common import CALLER_ONLY, DevmeshSource, write_section  # scripts/bench/common.py
 
 MANAGERS = ("devmesh", "honcho", "supervisord")
 SERVICE_COMMS = frozenset({"sleep", "sh", "dash"})  # service processes, never the manager's own
@@ -1042,20 +1042,7 @@ def markdown(
 
 def write_markdown(path: Path, section: str) -> None:
     """Write the section into `path`, replacing an earlier "## Supervisor" section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find("\n## Supervisor\n")
-    if start < 0 and text.startswith("## Supervisor\n"):
-        start = -1
-        begin = 0
-    else:
-        begin = start + 1 if start >= 0 else -1
-    if begin < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", begin + 1)
-        text = text[:begin] + section + ("" if end < 0 else text[end:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    write_section(path, "Supervisor", section)
 
 
 # ---------------------------------------------------------------------------- main
