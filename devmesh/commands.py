@@ -21,7 +21,7 @@ from devmesh.control.client import ControlClient, ControlError, NoMesh
 from devmesh.logs import reader
 from devmesh.logs.writer import want_color
 from devmesh.paths import ProjectPaths
-from devmesh.supervisor import policy
+from devmesh.supervisor import policy, procs
 from devmesh.supervisor.lock import AlreadyRunning, holder
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.preflight import preflight
@@ -185,27 +185,12 @@ def down(file: Path | None) -> int:
     budget = sum(s["stop_timeout"] for s in status["services"] if s["pid"]) + 10
     pid = ctl.shutdown()
     deadline = time.monotonic() + budget
-    while _alive(pid):
+    while procs.pid_alive(pid):
         if time.monotonic() > deadline:
             raise UserError(f"devmesh (pid {pid}) is still stopping; see devmesh status")
         time.sleep(0.05)
     out(f"devmesh stopped (pid {pid})")
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie of ours counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 # ---------------------------------------------------------------------- check / status

@@ -7,6 +7,7 @@ namespace. Skipped, with the reason, where namespaces cannot be made (not root, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -148,6 +149,30 @@ def get(lab: Lab, host: int, address: str, port: int, name: str, count: int, *he
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@contextlib.contextmanager
+def load(
+    lab: Lab, host: int, port: int, name: str, count: int
+) -> Iterator[Callable[[], dict[str, Any]]]:
+    """GETs for `name` through the proxy on `port`, from inside lab host `host`, flowing (50
+    done) when the block starts; the block calls `finish()` for the client's report."""
+    argv = [sys.executable, str(CLIENT), "127.0.0.1", str(port), name, str(count), "20"]
+    client = subprocess.Popen(lab.exec(host, argv), stdout=subprocess.PIPE, text=True)
+
+    def finish() -> dict[str, Any]:
+        out, _ = client.communicate(timeout=60)
+        report: dict[str, Any] = json.loads(out.splitlines()[-1])
+        return report
+
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "going"
+        yield finish
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.communicate(timeout=10)
+
+
 def sees(proj: Project, service: str, nodes: int) -> bool:
     """Whether `proj` knows `nodes` peers that run `service`."""
     return (
@@ -195,23 +220,11 @@ def test_failover_while_requests_flow(new_project: Callable[[], Project], lab: L
     c = node(new_project, lab, 3, "api", body="api of C")
     wait_until(lambda: sees(b, "api", 2), 10, "node 2 sees both copies of api")
     wait_until(lambda: sees(a, "web", 1) and sees(c, "web", 1), 10, "both see node 2")
-    argv = lab.exec(
-        2,
-        [sys.executable, str(CLIENT), "127.0.0.1", str(b.proxy_port), "api", "3000", "20"],
-    )
-    client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "going"
+    with load(lab, 2, b.proxy_port, "api", 3000) as finish:
         # kill -9 of whichever node serves first: no goodbye, its proxy is gone at once.
         first = a if "api of A" in get(lab, 2, "127.0.0.1", b.proxy_port, "api", 1)["bodies"] else c
         first.running[0].proc.send_signal(signal.SIGKILL)
-        out, _ = client.communicate(timeout=60)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(10)
-    report = json.loads(out.splitlines()[-1])
+        report = finish()
     assert report["other"] == {}, report
     assert report["ok"] >= 500
     survivor = "api of C" if first is a else "api of A"
@@ -469,24 +482,13 @@ def test_a_peer_copy_turning_unhealthy_mid_load(
     b = node(new_project, lab, 2, "web")
     wait_until(lambda: sees(b, "api", 2), 10, "B sees both healthy copies")
     wait_until(lambda: sees(a, "web", 1) and sees(c, "web", 1), 10, "both see B")
-    argv = lab.exec(
-        2, [sys.executable, str(CLIENT), "127.0.0.1", str(b.proxy_port), "api", "2000", "20"]
-    )
-    client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "going"
+    with load(lab, 2, b.proxy_port, "api", 2000) as finish:
         (a.root / "sick").write_text("")
         (c.root / "sick").unlink(missing_ok=True)
         wait_until(
             lambda: (a.service("api")["health"] or {}).get("status") == "unhealthy", 10, "A sick"
         )
         wait_until(lambda: sees(b, "api", 1), 5, "B routes only to C")
-        out, _ = client.communicate(timeout=60)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(10)
-    report = json.loads(out.splitlines()[-1])
+        report = finish()
     assert report["other"] == {}, report
     assert report["bodies"]["api of C"] > 0
