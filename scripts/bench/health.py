@@ -236,7 +236,9 @@ class Node:
         return any(svcs.get("api") == "running" for svcs in listed(doc).values())
 
     def served(self, since: float) -> tuple[list[float], list[float]]:
-        """Times of the requests (`req`) and of the failed probes its backend answered since."""
+        """Times of the requests (`req`) its backend answered sick (not 200: a request it
+        checked just before the sick file appeared is not one routed to a sick copy), and of the
+        failed probes, since `since`."""
         reqs: list[float] = []
         bad_probes: list[float] = []
         with contextlib.suppress(OSError):
@@ -245,7 +247,8 @@ class Node:
                 if len(parts) != 3 or float(parts[0]) < since:
                     continue
                 if parts[1] == "req":
-                    reqs.append(float(parts[0]))
+                    if parts[2] != "200":
+                        reqs.append(float(parts[0]))
                 elif parts[2] != "200":
                     bad_probes.append(float(parts[0]))
         return reqs, bad_probes
