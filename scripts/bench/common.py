@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the project: its devmesh is the one measured
@@ -110,3 +111,18 @@ def write_section(path: Path, title: str, section: str) -> None:
         text = text[:begin] + section + ("" if end < 0 else text[end:])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+@dataclass
+class Goal:
+    """One goal of a benchmark and whether it was met."""
+
+    text: str
+    passed: bool | None  # None: not measured
+    detail: str
+    margin: float | None = None  # how far inside (+) or outside (-) the limit, if it says
+
+
+def verdict(goal: Goal) -> str:
+    """PASS / FAIL / not measured."""
+    return "not measured" if goal.passed is None else ("PASS" if goal.passed else "FAIL")

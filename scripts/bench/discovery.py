@@ -80,7 +80,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CALLER_ONLY, ROOT, DevmeshSource, write_section  # scripts/bench/common.py
+from common import (  # scripts/bench/common.py
+    CALLER_ONLY,
+    ROOT,
+    DevmeshSource,
+    Goal,
+    verdict,
+    write_section,
+)
 
 sys.path.insert(0, str(ROOT / "tests"))
 from lab import Lab, lab_unavailable  # tests/lab.py, through the line above
@@ -780,16 +787,6 @@ def table(results: Results, sizes: Sequence[int]) -> list[str]:
     return out
 
 
-@dataclass
-class Goal:
-    """One goal and whether it was met."""
-
-    text: str
-    passed: bool | None  # None: not measured
-    detail: str
-    margin: float | None = None
-
-
 def goals(results: Results, sizes: Sequence[int], only: str | None) -> list[Goal]:
     """The goals per size, judged on the medians (the client's errors: on every repeat)."""
     out: list[Goal] = []
@@ -845,11 +842,6 @@ def goals(results: Results, sizes: Sequence[int], only: str | None) -> list[Goal
                     )
                 )
     return out
-
-
-def verdict(goal: Goal) -> str:
-    """PASS / FAIL / not measured."""
-    return "not measured" if goal.passed is None else ("PASS" if goal.passed else "FAIL")
 
 
 def reading(results: Results, sizes: Sequence[int]) -> list[str]:

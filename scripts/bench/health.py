@@ -74,7 +74,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CALLER_ONLY, ROOT, DevmeshSource, write_section  # scripts/bench/common.py
+from common import (  # scripts/bench/common.py
+    CALLER_ONLY,
+    ROOT,
+    DevmeshSource,
+    Goal,
+    verdict,
+    write_section,
+)
 from discovery import API, environ, listed, load_api, stop_process, sweep_lab
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -561,15 +568,6 @@ def tables(results: Results, intervals: Sequence[float], only: str | None) -> li
     return lines
 
 
-@dataclass
-class Goal:
-    """One goal: passed (None = not measured) and why."""
-
-    text: str
-    passed: bool | None
-    detail: str
-
-
 def goals(results: Results, intervals: Sequence[float], only: str | None) -> list[Goal]:
     """The issue's goals, judged on the medians (and every repeat for errors)."""
     out: list[Goal] = []
@@ -616,11 +614,6 @@ def goals(results: Results, intervals: Sequence[float], only: str | None) -> lis
         else:
             out.append(Goal(text, None, "not measured"))
     return out
-
-
-def verdict(goal: Goal) -> str:
-    """PASS / FAIL / not measured."""
-    return "not measured" if goal.passed is None else ("PASS" if goal.passed else "FAIL")
 
 
 def progress(results: Results, case: str) -> str:

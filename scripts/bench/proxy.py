@@ -84,7 +84,14 @@ from pathlib import Path
 from typing import IO
 
 import psutil
-from common import CALLER_ONLY, ROOT, DevmeshSource, write_section  # scripts/bench/common.py
+from common import (  # scripts/bench/common.py
+    CALLER_ONLY,
+    ROOT,
+    DevmeshSource,
+    Goal,
+    verdict,
+    write_section,
+)
 
 PROXIES = ("devmesh", "relay", "nginx", "haproxy", "caddy", "direct")
 PROXY_NAMES = PROXIES[:-1]
@@ -1092,16 +1099,6 @@ def table(res: Results, args: argparse.Namespace) -> list[str]:
     return out
 
 
-@dataclass
-class Goal:
-    """One goal of the issue and whether it was met."""
-
-    text: str
-    passed: bool | None  # None: not in scope
-    detail: str
-    margin: float | None = None  # how far the median is inside (+) or outside (-) the limit
-
-
 def goals(res: Results, args: argparse.Namespace) -> list[Goal]:
     """The four goals, judged on the medians, with the margin and the repeats met alone."""
     out: list[Goal] = []
@@ -1167,11 +1164,6 @@ def goals(res: Results, args: argparse.Namespace) -> list[Goal]:
         peer=None,
     )
     return out
-
-
-def verdict(goal: Goal) -> str:
-    """PASS / FAIL / not measured."""
-    return "not measured" if goal.passed is None else ("PASS" if goal.passed else "FAIL")
 
 
 def reading(res: Results, args: argparse.Namespace) -> list[str]:

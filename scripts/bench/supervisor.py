@@ -62,7 +62,13 @@ from pathlib import Path
 from typing import IO
 
 import psutil
-from common import CALLER_ONLY, DevmeshSource, write_section  # scripts/bench/common.py
+from common import (  # scripts/bench/common.py
+    CALLER_ONLY,
+    DevmeshSource,
+    Goal,
+    verdict,
+    write_section,
+)
 
 MANAGERS = ("devmesh", "honcho", "supervisord")
 SERVICE_COMMS = frozenset({"sleep", "sh", "dash"})  # service processes, never the manager's own
@@ -747,16 +753,6 @@ def derive(results: Results, services: int) -> None:
             results.add("per_service", manager, (b - s) / (services - SMALL_SERVICES))
 
 
-@dataclass
-class Goal:
-    """One goal of the issue and whether it was met."""
-
-    text: str
-    passed: bool | None  # None: not measured
-    detail: str
-    margin: float | None = None  # how far the median is inside (+) or outside (-) the limit
-
-
 def goals(results: Results, services: int) -> list[Goal]:
     """The three goals, judged on medians; with the margin and the repeats that passed alone."""
     out: list[Goal] = []
@@ -811,11 +807,6 @@ def goals(results: Results, services: int) -> list[Goal]:
         extra=complete,
     )
     return out
-
-
-def verdict(goal: Goal) -> str:
-    """PASS / FAIL / not measured."""
-    return "not measured" if goal.passed is None else ("PASS" if goal.passed else "FAIL")
 
 
 def table(results: Results, args: argparse.Namespace) -> list[str]:
