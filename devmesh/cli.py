@@ -33,6 +33,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="run in the background")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", help="mesh namespace (default: [mesh] namespace)")
+]
+DetachedChildOpt = Annotated[bool, typer.Option("--detached-child", hidden=True)]
+
+
 @app.callback()
 def _main(
     version: Annotated[
@@ -46,11 +53,9 @@ def _main(
 def up(
     services: Names = None,
     file: FileOpt = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
-    namespace: Annotated[
-        str | None, typer.Option("--namespace", help="mesh namespace (default: [mesh] namespace)")
-    ] = None,
-    detached_child: Annotated[bool, typer.Option("--detached-child", hidden=True)] = False,
+    detach: DetachOpt = False,
+    namespace: NamespaceOpt = None,
+    detached_child: DetachedChildOpt = False,
 ) -> None:
     """Start the project's services (or just SERVICES and what they depend on)."""
     raise typer.Exit(
@@ -67,11 +72,9 @@ def up(
 @app.command()
 def proxy(
     file: FileOpt = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
-    namespace: Annotated[
-        str | None, typer.Option("--namespace", help="mesh namespace (default: [mesh] namespace)")
-    ] = None,
-    detached_child: Annotated[bool, typer.Option("--detached-child", hidden=True)] = False,
+    detach: DetachOpt = False,
+    namespace: NamespaceOpt = None,
+    detached_child: DetachedChildOpt = False,
 ) -> None:
     """Run the proxy and discovery only: every name is served by a peer that runs it."""
     raise typer.Exit(

@@ -69,7 +69,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,14 +377,7 @@ def run_active(interval: float, repeat: int, results: Results) -> None:
     node = Node(work, "L", toml, None, 0)
     try:
         node.launch()
-        for r in range(repeat):
-            try:
-                measure_active(node, port, interval, case, results)
-            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-                text = str(exc).strip().replace("\n", " | ")[:400]
-                results.failures.append(f"{case}, repeat {r + 1}: {text}")
-                print(f"  repeat failed: {text}", flush=True)
-            print(f"{case}, repeat {r + 1}/{repeat}: {progress(results, case)}", flush=True)
+        repeats(case, repeat, results, lambda: measure_active(node, port, interval, case, results))
     finally:
         node.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -444,14 +437,7 @@ def run_passive(repeat: int, results: Results) -> None:
         for node in nodes:
             node.launch()
         a, b = nodes
-        for r in range(repeat):
-            try:
-                measure_passive(lab, a, b, case, results)
-            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-                text = str(exc).strip().replace("\n", " | ")[:400]
-                results.failures.append(f"{case}, repeat {r + 1}: {text}")
-                print(f"  repeat failed: {text}", flush=True)
-            print(f"{case}, repeat {r + 1}/{repeat}: {progress(results, case)}", flush=True)
+        repeats(case, repeat, results, lambda: measure_passive(lab, a, b, case, results))
     finally:
         stoppers = [threading.Thread(target=n.stop, daemon=True) for n in nodes]
         for t in stoppers:
@@ -813,6 +799,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return measure(args)
     finally:
         SOURCE.remove()
+
+
+def repeats(case: str, repeat: int, results: Results, once: Callable[[], None]) -> None:
+    """Run `once` `repeat` times; a repeat that fails is noted, and the next one goes on."""
+    for r in range(repeat):
+        try:
+            once()
+        except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            text = str(exc).strip().replace("\n", " | ")[:400]
+            results.failures.append(f"{case}, repeat {r + 1}: {text}")
+            print(f"  repeat failed: {text}", flush=True)
+        print(f"{case}, repeat {r + 1}/{repeat}: {progress(results, case)}", flush=True)
 
 
 def measure(args: argparse.Namespace) -> int:
