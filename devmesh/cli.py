@@ -38,6 +38,14 @@ NamespaceOpt = Annotated[
     str | None, typer.Option("--namespace", help="mesh namespace (default: [mesh] namespace)")
 ]
 DetachedChildOpt = Annotated[bool, typer.Option("--detached-child", hidden=True)]
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        help="debug, info, warning or error: how much of its own devmesh prints "
+        "(over DEVMESH_LOG and [log] level)",
+    ),
+]
 
 
 @app.callback()
@@ -55,6 +63,7 @@ def up(
     file: FileOpt = None,
     detach: DetachOpt = False,
     namespace: NamespaceOpt = None,
+    log_level: LogLevelOpt = None,
     detached_child: DetachedChildOpt = False,
 ) -> None:
     """Start the project's services (or just SERVICES and what they depend on)."""
@@ -64,6 +73,7 @@ def up(
             services or [],
             detach=detach,
             namespace=namespace,
+            log_level=log_level,
             detached_child=detached_child,
         )
     )
@@ -74,6 +84,7 @@ def proxy(
     file: FileOpt = None,
     detach: DetachOpt = False,
     namespace: NamespaceOpt = None,
+    log_level: LogLevelOpt = None,
     detached_child: DetachedChildOpt = False,
 ) -> None:
     """Run the proxy and discovery only: every name is served by a peer that runs it."""
@@ -83,6 +94,7 @@ def proxy(
             [],
             detach=detach,
             namespace=namespace,
+            log_level=log_level,
             detached_child=detached_child,
             proxy_only=True,
         )
@@ -120,6 +132,17 @@ def status(
 ) -> None:
     """Show services, their state, pid, port and restarts."""
     raise typer.Exit(commands.status(file, as_json=as_json, routes=routes))
+
+
+@app.command()
+def dashboard(
+    file: FileOpt = None,
+    no_open: Annotated[
+        bool, typer.Option("--no-open", help="only print the URL, do not open a browser")
+    ] = False,
+) -> None:
+    """Open the live dashboard of the running mesh in a browser (and print its URL)."""
+    raise typer.Exit(commands.dashboard(file, open_browser=not no_open))
 
 
 @app.command()

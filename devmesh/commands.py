@@ -17,6 +17,7 @@ from typing import Any
 
 from devmesh.config import Config, ConfigError, find_project, load
 from devmesh.config import describe as describe_config
+from devmesh.config.sections import LOG_LEVELS
 from devmesh.control.client import ControlClient, ControlError, NoMesh
 from devmesh.logs import reader
 from devmesh.logs.writer import want_color
@@ -80,11 +81,20 @@ def up(
     *,
     detach: bool,
     namespace: str | None,
+    log_level: str | None = None,
     detached_child: bool = False,
     proxy_only: bool = False,
 ) -> int:
     """`devmesh up`: run the supervisor in the foreground, or in the background with --detach.
     `devmesh proxy` (`proxy_only`): the same without the project's services."""
+    if log_level is not None:
+        os.environ["DEVMESH_LOG"] = log_level  # for a detached supervisor and the workers too
+    level = os.environ.get("DEVMESH_LOG", "").strip().lower()
+    if level and level not in LOG_LEVELS:
+        source = "--log-level" if log_level is not None else "DEVMESH_LOG"
+        raise UserError(
+            f"{source}: {level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}"
+        )
     config, paths = project(file)
     if proxy_only:
         config = replace(config, services={})
@@ -221,6 +231,20 @@ def _place(where: dict[str, Any] | None) -> str:
         return f"local {where['address']}"
     rtt = f", {where['rtt_ms']} ms" if where.get("rtt_ms") is not None else ""
     return f"{where['name']} {where['address']}{rtt}"
+
+
+def dashboard(file: Path | None, *, open_browser: bool) -> int:
+    """`devmesh dashboard`: print the running mesh's dashboard URL and open it in a browser."""
+    url = (client(file).status()["node"].get("dashboard") or {}).get("url")
+    if not url:
+        raise UserError("the dashboard is off ([dashboard] enabled = false)")
+    out(url)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            sys.stderr.write("devmesh: no browser found here; open the URL above\n")
+    return 0
 
 
 def render_routes(doc: dict[str, Any]) -> str:
@@ -385,10 +409,11 @@ def _health(h: dict[str, Any] | None) -> str:
 def render_status(data: dict[str, Any]) -> str:
     """The status table (`devmesh status`)."""
     node = data["node"]
-    lines = [
-        f"project {node['project']}  namespace {node['namespace']}  pid {node['pid']}",
-        "",
-    ]
+    lines = [f"project {node['project']}  namespace {node['namespace']}  pid {node['pid']}"]
+    dashboard = node.get("dashboard") or {}
+    if dashboard.get("url"):
+        lines.append(f"dashboard {dashboard['url']}  metrics {dashboard['metrics']}")
+    lines.append("")
     rows: list[tuple[str, ...]] = [
         ("SERVICE", "STATE", "HEALTH", "PID", "PORT", "RESTARTS", "UPTIME", "URL", "INFO")
     ]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from devmesh.proxy.table import RouteTable
 
-PROTOCOL = 4
+PROTOCOL = 5
 
 
 # ---- worker -> parent ----
@@ -60,6 +60,15 @@ class ProxyStats:
     worker: str
     refused: int  # requests refused by the LAN policy (403)
     kind: Literal["proxy_stats"] = "proxy_stats"
+
+
+@dataclass(frozen=True)
+class RequestLines:
+    """A proxy worker's request lines of the last moment (`[log] requests` = stdout or
+    service), whole lines joined per service: one message per batch, never one per line."""
+
+    lines: tuple[tuple[str, bytes], ...]  # (service, lines); service "" matched none
+    kind: Literal["request_lines"] = "request_lines"
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,17 @@ class HealthPlan:
 
 
 @dataclass(frozen=True)
+class StateUpdate:
+    """The node as `devmesh status`, `peers` and `status --routes` show it, for the control
+    worker (dashboard, `/metrics`): sent on every change, and once a second."""
+
+    status: dict[str, Any]
+    peers: dict[str, Any]
+    routes: dict[str, Any]
+    kind: Literal["state_update"] = "state_update"
+
+
+@dataclass(frozen=True)
 class Leave:
     """The node is shutting down: say goodbye now (peers stop routing here at once)."""
 
@@ -152,5 +172,9 @@ class Stop:
     kind: Literal["stop"] = "stop"
 
 
-WorkerMessage = Ready | Heartbeat | ControlRequest | PeersUpdate | ProxyStats | HealthResult
-ParentMessage = Configure | ControlReply | RoutesUpdate | Announce | HealthPlan | Leave | Stop
+WorkerMessage = (
+    Ready | Heartbeat | ControlRequest | PeersUpdate | ProxyStats | RequestLines | HealthResult
+)
+ParentMessage = (
+    Configure | ControlReply | RoutesUpdate | Announce | HealthPlan | StateUpdate | Leave | Stop
+)

@@ -67,6 +67,12 @@ class ProjectPaths:
         return self.state / "devmesh.pid"
 
     @property
+    def metrics(self) -> Path:
+        """The workers' metric files (prometheus-client multiprocess mode), wiped at each start:
+        in the runtime directory, which is usually in memory."""
+        return self.socket.parent / f"{self.key}.metrics"
+
+    @property
     def daemon_log(self) -> Path:
         """The terminal output of a `devmesh up --detach` supervisor."""
         return self.state / "devmesh.log"

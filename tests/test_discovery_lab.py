@@ -492,3 +492,39 @@ def test_a_peer_copy_turning_unhealthy_mid_load(
         report = finish()
     assert report["other"] == {}, report
     assert report["bodies"]["api of C"] > 0
+
+
+def test_trace_id_and_request_lines_across_peers(
+    new_project: Callable[[], Project], lab: Lab
+) -> None:
+    lines = '[log]\nrequests = "requests.jsonl"\nformat = "json"\n'
+    a = node(new_project, lab, 1, "api", body="api of A", extra=lines)
+    b = node(new_project, lab, 2, "web", extra=lines)
+    wait_until(lambda: sees(b, "api", 1), 10, "node 2 sees api on node 1")
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    parent = f"00-{trace}-b7ad6b7169203331-01"
+    report = get(lab, 2, "127.0.0.1", b.proxy_port, "api", 1, f"traceparent:{parent}")
+    assert report["ok"] == 1 and report["headers"]["x-devmesh-trace-id"] == trace
+    a_node = peers_json(b)["peers"][0]["node"]
+
+    def line(proj: Project) -> dict[str, Any] | None:
+        path = proj.root / "requests.jsonl"
+        found = [json.loads(t) for t in (path.read_text().splitlines() if path.exists() else ())]
+        return next((r for r in found if r["trace_id"] == trace), None)
+
+    # The same trace id on both nodes: B forwarded to A's proxy, which served it itself.
+    at_b = wait_until(lambda: line(b), 10, "node 2's request line")
+    at_a = wait_until(lambda: line(a), 10, "node 1's request line")
+    assert (at_b["service"], at_b["peer_id"], at_b["status"]) == ("api", a_node, 200)
+    assert (at_a["service"], at_a["peer_id"], at_a["status"]) == ("api", "", 200)
+    # B's metrics count the request under A's node id (read from inside host 2).
+    url = b.status()["node"]["dashboard"]["metrics"]
+    scrape = f"import urllib.request as u; print(u.urlopen({url!r}).read().decode())"
+
+    def metrics() -> str:
+        argv = lab.exec(2, [sys.executable, "-c", scrape])
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+
+    counted = f'devmesh_requests_total{{code="200",method="GET",peer="{a_node}",service="api"}} 1.0'
+    text = wait_until(lambda: next((t for t in [metrics()] if counted in t), None), 10, "metrics")
+    assert f'devmesh_service_up{{service="api",source="{a_node}"}} 1.0' in text

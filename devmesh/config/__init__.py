@@ -10,6 +10,7 @@ from devmesh.config.model import (
     ConfigError,
     ConfigIssue,
     ConfigSource,
+    DashboardConfig,
     DependCondition,
     DiscoveryConfig,
     HealthCheck,
@@ -20,6 +21,7 @@ from devmesh.config.model import (
     ProxyConfig,
     RestartPolicy,
     ServiceConfig,
+    TracingConfig,
 )
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ConfigSource",
+    "DashboardConfig",
     "DependCondition",
     "DiscoveryConfig",
     "HealthCheck",
@@ -37,6 +40,7 @@ __all__ = [
     "ProxyConfig",
     "RestartPolicy",
     "ServiceConfig",
+    "TracingConfig",
     "describe",
     "find_project",
     "load",

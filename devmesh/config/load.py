@@ -17,10 +17,12 @@ from devmesh.config.procfile import DotEnv, base_port, parse_dotenv, read_procfi
 from devmesh.config.report import Report
 from devmesh.config.sections import (
     SECTIONS,
+    read_dashboard,
     read_discovery,
     read_log,
     read_mesh,
     read_proxy,
+    read_tracing,
     where_keys_belong,
 )
 from devmesh.config.services import read_services
@@ -103,6 +105,8 @@ def _load_toml(path: Path, text: str, root: Path) -> tuple[Report, Config]:
         proxy=proxy,
         discovery=read_discovery(report, data.get("discovery")),
         log=read_log(report, data.get("log")),
+        dashboard=read_dashboard(report, data.get("dashboard")),
+        tracing=read_tracing(report, data.get("tracing")),
         services=read_services(report, data.get("services"), root, proxy.port),
     )
 

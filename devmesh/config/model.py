@@ -99,12 +99,29 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """`[dashboard]`: the dashboard, the HTTP control API and `/metrics`, on loopback."""
+
+    enabled: bool = True
+    # None: 8081, or the next free port when that one is taken; a port given is used or fails.
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """`[tracing]`: OpenTelemetry export of the proxy's spans (needs `devmesh[otel]`)."""
+
+    otlp_endpoint: str = ""  # "" = off; e.g. "http://127.0.0.1:4318"
+    otlp_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LogConfig:
-    """`[log]`: devmesh's own logging and the per-service log files."""
+    """`[log]`: devmesh's own logging, request logs and the per-service log files."""
 
     level: str = "info"  # debug | info | warning | error
-    format: str = "text"  # text | json (request logs, issue 6)
-    requests: str = "off"  # off | stdout | a file path (request logs, issue 6)
+    format: str = "text"  # text | json: how request lines are written
+    requests: str = "off"  # off | stdout | service | a file path (request lines)
     max_size: int = 10 * 1024 * 1024  # bytes per service log file before rotation ("10MB")
     backups: int = 3  # rotated files kept per service
 
@@ -152,6 +169,8 @@ class Config:
     proxy: ProxyConfig = ProxyConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     log: LogConfig = LogConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    tracing: TracingConfig = TracingConfig()
     env_file: Path | None = None  # the .env that was read, if any
     dotenv: Mapping[str, str] = field(default_factory=dict)  # its values, given to every service
 

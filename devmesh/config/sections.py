@@ -1,13 +1,23 @@
-"""The node-wide sections of devmesh.toml: `[mesh]`, `[proxy]`, `[discovery]`, `[log]`."""
+"""The node-wide sections of devmesh.toml: `[mesh]`, `[proxy]`, `[discovery]`, `[log]`,
+`[dashboard]` and `[tracing]`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from devmesh.config.model import DiscoveryConfig, LanAccess, LogConfig, MeshConfig, ProxyConfig
+from devmesh.config.model import (
+    DashboardConfig,
+    DiscoveryConfig,
+    LanAccess,
+    LogConfig,
+    MeshConfig,
+    ProxyConfig,
+    TracingConfig,
+)
 from devmesh.config.network import as_host_port, as_ipv4
 from devmesh.config.report import Report, Table
 from devmesh.config.values import (
+    BadValue,
     as_bool,
     as_port,
     as_str,
@@ -26,7 +36,9 @@ PROXY_KEYS = (
 )  # fmt: skip
 DISCOVERY_KEYS = ("port", "broadcast_addr", "interval", "ipv6", "peers", "enabled")
 LOG_KEYS = ("level", "format", "requests", "max_size", "backups")
-SECTIONS = ("mesh", "proxy", "discovery", "log", "services")
+DASHBOARD_KEYS = ("enabled", "port")
+TRACING_KEYS = ("otlp_endpoint", "otlp_headers")
+SECTIONS = ("mesh", "proxy", "discovery", "log", "dashboard", "tracing", "services")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -37,6 +49,8 @@ def where_keys_belong() -> dict[str, str]:
     for section, keys in (
         ("[mesh]", MESH_KEYS),
         ("[log]", LOG_KEYS),
+        ("[tracing]", TRACING_KEYS),
+        ("[dashboard]", DASHBOARD_KEYS),
         ("[discovery]", DISCOVERY_KEYS),
         ("[proxy]", PROXY_KEYS),
     ):
@@ -108,4 +122,33 @@ def read_log(report: Report, data: object) -> LogConfig:
         requests=t.get("requests", as_text, d.requests),
         max_size=t.get("max_size", parse_size, d.max_size),
         backups=t.get("backups", int_at_least(0), d.backups),
+    )
+
+
+def read_dashboard(report: Report, data: object) -> DashboardConfig:
+    """`[dashboard]`: on or off, and its loopback port."""
+    d = DashboardConfig()
+    t = Table(report, ("dashboard",), data, DASHBOARD_KEYS)
+    return DashboardConfig(
+        enabled=t.get("enabled", as_bool, d.enabled),
+        port=t.get("port", as_port, d.port),
+    )
+
+
+def as_http_url(value: object) -> str:
+    """An `http://` or `https://` URL with a host."""
+    text = as_text(value)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/")[0]:
+        raise BadValue(f"{text!r} is not an http(s) URL", 'use e.g. "http://127.0.0.1:4318"')
+    return text
+
+
+def read_tracing(report: Report, data: object) -> TracingConfig:
+    """`[tracing]`: where the proxy's spans go over OTLP/HTTP (off when not set)."""
+    d = TracingConfig()
+    t = Table(report, ("tracing",), data, TRACING_KEYS)
+    return TracingConfig(
+        otlp_endpoint=t.get("otlp_endpoint", as_http_url, d.otlp_endpoint),
+        otlp_headers=t.get_map("otlp_headers", as_str),
     )

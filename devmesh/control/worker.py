@@ -1,8 +1,10 @@
-"""The control worker: a starlette app on the project's unix socket, served by uvicorn.
+"""The control worker: a starlette app served by uvicorn on the project's unix socket and, for
+the dashboard and `/metrics`, on a loopback TCP port.
 
-It holds no state of its own: every request becomes a `ControlRequest` to the parent, and the
-parent's `ControlReply` becomes the HTTP response. The socket is bound by the parent, so a
-restarted control worker serves the same path at once.
+Every action becomes a `ControlRequest` to the parent, and the parent's `ControlReply` becomes
+the HTTP response. What it shows comes from the parent's `StateUpdate`s (on every change) and
+the workers' metric files. Both sockets are bound by the parent, so a restarted control worker
+serves the same addresses at once.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devmesh import messages as m
+from devmesh.control import dashboard
+from devmesh.metrics import render
 from devmesh.workers.base import WorkerRuntime
 
 REQUEST_TIMEOUT = 30.0
@@ -28,21 +33,28 @@ SERVICE_ACTIONS = frozenset({"start", "stop", "restart"})
 class ControlRole:
     """Serves the control API and relays each request to the parent."""
 
-    def __init__(self, runtime: WorkerRuntime, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self, runtime: WorkerRuntime, sockets: list[socket.socket], settings: dict[str, Any]
+    ) -> None:
         self.runtime = runtime
         self.sockets = sockets
+        self.settings = settings
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[m.ControlReply]] = {}
-        app = Starlette(
-            routes=[
-                Route("/v1/status", self.status, methods=["GET"]),
-                Route("/v1/peers", self.peers, methods=["GET"]),
-                Route("/v1/routes", self.routes, methods=["GET"]),
-                Route("/v1/routes/{name}", self.pin, methods=["PUT", "DELETE"]),
-                Route("/v1/services/{name}/{action}", self.service_action, methods=["POST"]),
-                Route("/v1/shutdown", self.shutdown, methods=["POST"]),
-            ]
-        )
+        # The parent's latest StateUpdate, and an event set (and replaced) on every new one.
+        self.state: m.StateUpdate | None = None
+        self.changed = asyncio.Event()
+        routes: list[BaseRoute] = [
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/v1/status", self.status, methods=["GET"]),
+            Route("/v1/peers", self.peers, methods=["GET"]),
+            Route("/v1/routes", self.routes, methods=["GET"]),
+            Route("/v1/routes/{name}", self.pin, methods=["PUT", "DELETE"]),
+            Route("/v1/services/{name}/{action}", self.service_action, methods=["POST"]),
+            Route("/v1/shutdown", self.shutdown, methods=["POST"]),
+            *dashboard.routes(self),
+        ]
+        app = LoopbackOnly(Starlette(routes=routes))
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -65,6 +77,10 @@ class ControlRole:
             future = self._waiting.pop(msg.id, None)
             if future is not None and not future.done():
                 future.set_result(msg)
+        elif isinstance(msg, m.StateUpdate):
+            self.state = msg
+            self.changed.set()
+            self.changed = asyncio.Event()
 
     def stop(self) -> None:
         """Stop accepting; uvicorn finishes the requests in flight."""
@@ -86,6 +102,18 @@ class ControlRole:
         if not reply.ok:
             return JSONResponse({"error": reply.error}, reply.status)
         return JSONResponse(reply.data, reply.status)
+
+    def state_document(self) -> dict[str, Any] | None:
+        """The latest state as one document: status, peers and routes."""
+        s = self.state
+        return None if s is None else {"status": s.status, "peers": s.peers, "routes": s.routes}
+
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: every worker's metrics and the node's state, for Prometheus."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        body = render(self.state_document, self.settings["metrics"])
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def status(self, request: Request) -> JSONResponse:
         """GET /v1/status: the node, its services and workers."""
@@ -127,4 +155,40 @@ def make_role(
     runtime: WorkerRuntime, configure: m.Configure, sockets: list[socket.socket]
 ) -> ControlRole:
     """The control worker's role factory (named in the parent's worker table)."""
-    return ControlRole(runtime, sockets)
+    return ControlRole(runtime, sockets, configure.settings)
+
+
+LOCAL_HOSTS = frozenset(("127.0.0.1", "localhost", "[::1]", "::1"))
+
+
+class LoopbackOnly:
+    """Refuses what a web page elsewhere could make a browser send to this loopback port: a Host
+    other than the loopback's (DNS rebinding), and a cross-origin request or WebSocket (a form
+    or script on another site pressing the stop buttons). Tools without Origin are served."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not self._allowed(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            response = JSONResponse({"error": "not from this machine's dashboard"}, 403)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _allowed(scope: Scope) -> bool:
+        headers = dict(scope.get("headers") or ())
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        server = scope.get("server")
+        if server is None or server[1] is None:
+            return True  # the unix socket: this user's own processes only (mode 0600)
+        if host.rsplit(":", 1)[0] not in LOCAL_HOSTS:
+            return False
+        origin = headers.get(b"origin")
+        if origin is None:
+            return True
+        return bool(origin.decode("latin-1").lower().rstrip("/") == f"http://{host}")

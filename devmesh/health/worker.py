@@ -14,6 +14,7 @@ import time
 
 from devmesh import messages as m
 from devmesh.health.probes import probe
+from devmesh.metrics import HealthMetrics
 from devmesh.workers.base import WorkerRuntime
 
 FAST = 0.25  # seconds between probes of a run that has not answered yet
@@ -25,6 +26,7 @@ class HealthRole:
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.metrics = HealthMetrics()
         self._stop = asyncio.Event()
 
     async def serve(self) -> None:
@@ -55,6 +57,7 @@ class HealthRole:
             started = time.monotonic()
             result = await probe(t.check, t.target, t.timeout, t.cwd)
             latency = time.monotonic() - started
+            self.metrics.probed(t.service, t.check, result.ok, latency)
             self.runtime.send(
                 m.HealthResult(t.service, t.generation, result.ok, result.detail, latency)
             )

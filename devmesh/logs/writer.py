@@ -9,6 +9,7 @@ with one `rfind`, and the prefixes are inserted with `bytes.replace` (ARCHITECTU
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import time
@@ -171,6 +172,8 @@ class LogSink:
         self._utc = b""
         self._system_prefix = b""
         self._system_prefix_nl = b""
+        #: devmesh's own lines below this level are not shown (`[log] level`, `--log-level`).
+        self.level = logging.INFO
         #: Why terminal output stopped (the terminal went away), or None while it is written.
         self.terminal_error: OSError | None = None
         log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -229,6 +232,18 @@ class LogSink:
             pending, svc.pending = svc.pending, b""
             self._emit(svc, pending)
 
+    def lines(self, name: str, block: bytes) -> None:
+        """Whole lines devmesh writes among a service's own (the proxy's request lines), in its
+        file, its tail and on the terminal; the service is opened if it was not."""
+        self.open(name)
+        self._emit(self._services[name], block)
+
+    def raw(self, block: bytes) -> None:
+        """Whole lines for the terminal just as they are (JSON request lines, for a pipe)."""
+        self._check_open()
+        if self._terminal_fd is not None:
+            self._terminal_queue += (block, b"\n")
+
     def _emit(self, svc: _Service, block: bytes) -> None:
         """Queue `block` (complete lines joined by b"\\n", final newline left off) everywhere."""
         now = self._clock()
@@ -267,18 +282,21 @@ class LogSink:
 
     # -- devmesh's own messages ---------------------------------------------------------------
 
-    def system(self, text: str, service: str | None = None) -> None:
+    def system(self, text: str, service: str | None = None, level: int = logging.INFO) -> None:
         """Show devmesh's own message as a `devmesh` line; with `service`, also log it in that file.
 
         A service that was not opened yet is opened, so "waiting for db" can precede its start.
+        Below `self.level` (`--log-level`) a line is not shown, but still goes in the file.
         """
         self._check_open()
+        if level < self.level and service is None:
+            return
         block = text.rstrip("\n").encode("utf-8", "replace")
         now = self._clock()
         second = now // 1_000_000_000
         if second != self._second:
             self._tick(second)
-        if self._terminal_fd is not None:
+        if self._terminal_fd is not None and level >= self.level:
             self._terminal_queue += (
                 self._system_prefix,
                 block.replace(b"\n", self._system_prefix_nl),

@@ -26,6 +26,7 @@ from devmesh.proxy.headers import HeadersTooLarge, RequestHead
 from devmesh.proxy.ingress import admits
 from devmesh.proxy.outbox import Outbox
 from devmesh.proxy.router import absolute_form, retarget
+from devmesh.proxy.spans import otel_trace_id, parse_traceparent, traceparent
 
 if TYPE_CHECKING:
     from devmesh.proxy.router import Target
@@ -144,6 +145,8 @@ class ClientProtocol(Outbox):
         ex = self.active
         self.active = None
         if ex is not None:
+            if not ex.resp_done and not ex.upgrade:
+                self.server.done(ex, gone=True)
             ex.dead = True
             up = ex.upstream
             if up is not None:
@@ -188,10 +191,18 @@ class ClientProtocol(Outbox):
         server = self.server
         method = parser.get_method()
         trace = head.trace
+        if head.rare and head.traceparent:  # a W3C trace goes on: it may give the trace id
+            parent = parse_traceparent(head.traceparent)
+            if not trace and parent is not None:
+                trace = parent[0]
+        else:
+            parent = None
         if not trace:
             ids = server.trace_ids.ready
             trace = ids.pop() if ids else server.trace_ids.next()
         ex = Exchange(self, method, trace)
+        if server.spans is not None:
+            self._span(ex, parent)
         if not parser.should_keep_alive():
             ex.keep_alive = False
         if self.http10 is None:
@@ -205,7 +216,7 @@ class ClientProtocol(Outbox):
         if head.content_length > 0:
             ex.body_kind = LENGTH
             ex.body_left = head.content_length
-        url = self.url
+        url = ex.path = self.url
         host = head.host
         if url[0] != 47:  # not "/...": absolute-form, authority-form or "*"
             url, host = absolute_form(url, host)
@@ -220,10 +231,10 @@ class ClientProtocol(Outbox):
                 target = router.host_only.get(host) or router.resolve(host, url)
                 if head.rare and head.mesh_hop and target is not None:
                     target = self._forwarded(ex, target, head.mesh_hop)
+                ex.host = host
                 if target is None:
                     if not ex.local:
                         ex.local = 404
-                        ex.host = host  # for the page
                 elif target.key is None:
                     ex.target = target
                     ex.local = 503
@@ -291,6 +302,16 @@ class ClientProtocol(Outbox):
             self._local(ex, 501, "transfer codings other than chunked are not supported")
         elif not host and not ex.http10:
             self._local(ex, 400, "no Host header")
+
+    def _span(self, ex: Exchange, parent: tuple[bytes, bytes, bytes] | None) -> None:
+        """The proxy exports spans: this request's span is the backend's parent."""
+        head = self.head
+        ex.span = self.server.trace_ids.next()[:16]
+        trace_id = otel_trace_id(ex.trace)
+        if parent is not None and parent[0] == trace_id:
+            ex.parent_span = parent[1]
+        head.traceparent_out = traceparent(trace_id, ex.span, parent[2] if parent else b"01")
+        head.rare = True  # the head is built by the path that writes traceparent
 
     def _forwarded(self, ex: Exchange, target: Target, hop: bytes) -> Target | None:
         """A peer's proxy sent this request: it is served by this node's own process or not
@@ -422,6 +443,8 @@ class ClientProtocol(Outbox):
         """The proxy's own answer for `ex` (404, 503, 4xx, 502)."""
         close = not ex.req_done or not ex.keep_alive or self.closing
         page = pages.for_exchange(ex, self.server.router, close)
+        ex.sent = len(page) - page.find(b"\r\n\r\n") - 4
+        self.server.done(ex)
         self.emit(page)
         ex.resp_started = ex.resp_done = True
         ex.close_after = close
@@ -431,6 +454,7 @@ class ClientProtocol(Outbox):
         """The backend's response is fully relayed."""
         if ex.dead:
             return
+        self.server.done(ex)
         if ex.chunk_out:
             self.emit(b"0\r\n\r\n")
         ex.resp_done = True
@@ -469,6 +493,7 @@ class ClientProtocol(Outbox):
         if status != 503 and not ex.repeatable:
             return False
         old = target.candidates[ex.attempt]
+        self.server.stats.retried(target.name)
         ex.attempt += 1
         new = target.candidates[ex.attempt]
         line = target.line_for(new)

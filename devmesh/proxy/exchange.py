@@ -9,6 +9,7 @@ cost of assigning every slot).
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from devmesh.proxy.flow import BUFFER
@@ -55,6 +56,11 @@ class Exchange:
     chunk_out = False  # the proxy chunks the response body for the client
     close_after = False  # the client connection closes after this response
     retried = False
+    status = 0  # the backend's final status (0 until its response head arrived)
+    sent = 0  # response body bytes relayed
+    path = b""  # the request-target as the client sent it
+    span = b""  # the proxy's span id, when it exports spans
+    parent_span = b""  # the client's span (its traceparent), when it sent one
     attempt = 0  # which of the target's candidates serves it
     warning = b""  # a header line for the response (a peer's version differs from ours)
     dead = False  # the client went away
@@ -63,6 +69,7 @@ class Exchange:
         self.client = client
         self.method = method
         self.trace = trace
+        self.start = monotonic()
 
     @property
     def repeatable(self) -> bool:

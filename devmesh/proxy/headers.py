@@ -23,9 +23,22 @@ _TRACE_CHARS = b"0123456789abcdefABCDEFghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ-
 # ---- request side ----
 
 # Kinds of request headers that are not copied through unchanged.
-(_HOST, _CONN, _HOP, _TE, _CL, _UPGRADE, _XFF, _DROP, _VIA, _TRACE, _ACCEPT, _EXPECT, _MESH_HOP) = (
-    range(13)
-)
+(
+    _HOST,
+    _CONN,
+    _HOP,
+    _TE,
+    _CL,
+    _UPGRADE,
+    _XFF,
+    _DROP,
+    _VIA,
+    _TRACE,
+    _ACCEPT,
+    _EXPECT,
+    _MESH_HOP,
+    _TRACEPARENT,
+) = range(14)
 REQUEST_SPECIAL: dict[bytes, int] = {
     b"host": _HOST,
     b"connection": _CONN,
@@ -44,6 +57,7 @@ REQUEST_SPECIAL: dict[bytes, int] = {
     b"accept": _ACCEPT,
     b"expect": _EXPECT,
     b"x-devmesh-hop": _MESH_HOP,  # set by a peer's proxy: serve from here only; not passed on
+    b"traceparent": _TRACEPARENT,  # W3C: passed on, or replaced when the proxy makes spans
 }
 _REQUEST_LENGTHS = frozenset(map(len, REQUEST_SPECIAL))
 # Connection options that are not header names.
@@ -78,6 +92,8 @@ class RequestHead:
         "size",
         "te_other",
         "trace",
+        "traceparent",
+        "traceparent_out",
         "upgrade",
         "via",
         "xff",
@@ -114,6 +130,8 @@ class RequestHead:
         self.xff = b""
         self.via = b""
         self.mesh_hop = b""
+        self.traceparent = b""  # the client's (the first one)
+        self.traceparent_out = b""  # the proxy's own, for the backend (when it exports spans)
 
     def add(self, name: bytes, value: bytes) -> None:
         """One header as the parser saw it (name in its original case)."""
@@ -168,6 +186,8 @@ class RequestHead:
             self.via = self.via + b", " + value if self.via else value
         elif kind == _MESH_HOP:
             self.mesh_hop = value
+        elif kind == _TRACEPARENT and not self.traceparent:
+            self.traceparent = value
 
     def build(
         self,
@@ -231,6 +251,9 @@ class RequestHead:
             out.append(b"Transfer-Encoding: chunked\r\n")
         if upgrade and self.upgrade:
             out.append(b"Connection: upgrade\r\nUpgrade: " + self.upgrade + b"\r\n")
+        traceparent = self.traceparent_out or self.traceparent
+        if traceparent:
+            out.append(b"traceparent: " + traceparent + b"\r\n")
         xff = xff + b", " + client_ip if xff else client_ip
         out.append(b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: http\r\n")
         if host:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,14 @@ from devmesh.proxy.headers import TraceIds
 from devmesh.proxy.ingress import LAN_ACCESS
 from devmesh.proxy.outbox import Outbox
 from devmesh.proxy.router import Router, Target
+from devmesh.proxy.spans import otel_trace_id
+from devmesh.proxy.stats import RequestLog, RequestStats
 from devmesh.proxy.table import RouteTable
 from devmesh.proxy.upstream import Pool
 
 if TYPE_CHECKING:
+    from devmesh.proxy.exchange import Exchange
+    from devmesh.proxy.spans import SpanExport
     from devmesh.proxy.tunnel import Tunnel
 
 log = logging.getLogger("devmesh.proxy")
@@ -76,6 +81,10 @@ class ProxyServer:
         self.closing = False
         self.now = 0.0  # the loop's clock, read once per tick: timeouts need no better
         self.refused = 0  # requests refused by the LAN policy
+        self.stats = RequestStats()
+        # Request lines (`[log] requests`), when asked for; the worker takes them out.
+        self.requests: RequestLog | None = None
+        self.spans: SpanExport | None = None  # `[tracing] otlp_endpoint`
         # (client address, service) -> the peer that served it last: the client sticks to it.
         self.sticky: dict[tuple[bytes, str], str] = {}
         # Passive health: copies (pool keys) that just failed, and until when they are avoided.
@@ -186,6 +195,52 @@ class ProxyServer:
         return pool
 
     # ---- called by the protocols ----
+
+    def done(self, ex: Exchange, gone: bool = False) -> None:
+        """`ex` is answered (or its client went away: 499, as nginx counts it)."""
+        seconds = time.monotonic() - ex.start
+        code = 499 if gone else ex.local or ex.status
+        target = ex.target
+        service = peer = ""
+        if target is not None:
+            service = target.name
+            if target.candidates and not ex.local:
+                peer = target.candidates[ex.attempt].peer
+        self.stats.record(service, peer, ex.method, code, seconds)
+        spans = self.spans
+        if spans is not None and ex.span:
+            end = time.time_ns()
+            spans.record(
+                trace_id=otel_trace_id(ex.trace),
+                span_id=ex.span,
+                parent_id=ex.parent_span,
+                name=f"{ex.method.decode('latin-1')} {service or 'devmesh'}",
+                start_ns=end - int(seconds * 1e9),
+                end_ns=end,
+                method=ex.method.decode("latin-1"),
+                target=ex.path.decode("latin-1"),
+                status=code,
+                service=service,
+                peer=peer,
+                host=ex.host.decode("latin-1"),
+                client=ex.client.client_ip.decode("latin-1"),
+                bytes_out=ex.sent,
+                devmesh_trace=ex.trace.decode("latin-1"),
+            )
+        log = self.requests
+        if log is not None:
+            log.add(
+                method=ex.method,
+                path=ex.path,
+                status=code,
+                service=service,
+                peer=peer,
+                seconds=seconds,
+                size=ex.sent,
+                trace=ex.trace,
+                host=ex.host,
+                client=ex.client.client_ip,
+            )
 
     def flush(self) -> None:
         """Write everything the callback that is ending queued."""

@@ -180,6 +180,7 @@ class UpstreamConn(Outbox):
             return
         self.reading_head = False
         self.hbuf = b""
+        ex.status = code
         target = ex.target
         if target is not None and target.remote_choice and code < 500:
             self.server.stick(ex.client.client_ip, target, target.candidates[ex.attempt].peer)
@@ -242,6 +243,8 @@ class UpstreamConn(Outbox):
             if not ex.upgrade or not head.upgrade:
                 raise BadResponse("101 Switching Protocols without an upgrade")
             self.switching = True
+            ex.status = 101
+            client.server.done(ex)
             client.emit(head.build(status_line(101), ex.trace, False, False, switching=True))
             ex.resp_started = True
         else:
@@ -255,6 +258,7 @@ class UpstreamConn(Outbox):
         if ex is None or self.stale_parser:
             return
         self.body_left -= len(body)
+        ex.sent += len(body)
         if ex.chunk_out:
             ex.client.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
@@ -339,8 +343,10 @@ class UpstreamConn(Outbox):
         n = self.raw_left
         if len(data) < n:
             self.raw_left = n - len(data)
+            ex.sent += len(data)
             ex.client.wbuf.append(data)
             return b""
+        ex.sent += n
         self.raw_left = 0
         ex.client.wbuf.append(data if len(data) == n else data[:n])
         self.parser = httptools.HttpResponseParser(self)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import os
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +30,7 @@ from devmesh.config import ConfigError, load
 from devmesh.config.model import Config
 from devmesh.health.probes import expand
 from devmesh.logs.writer import LogSink
+from devmesh.metrics import prepare_dir, worker_died
 from devmesh.namespace import resolve_namespace
 from devmesh.paths import ProjectPaths
 from devmesh.proxy.table import RouteTable
@@ -49,6 +52,7 @@ from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, STARTUP_LIMIT, WorkerHandle, WorkerSpec
 
 TICK = 1.0  # the loop wakes at least this often: heartbeat checks, and reaping as a fallback
+DASHBOARD_PORT = 8081  # the dashboard's port when [dashboard] port is not set (or the next free)
 WORKER_STOP_GRACE = 3.0
 
 
@@ -80,6 +84,9 @@ class Supervisor:
             backups=config.log.backups,
             echo_services=echo_services,
         )
+        # `--log-level` / DEVMESH_LOG over `[log] level`: how much of its own devmesh shows.
+        self.log_level = os.environ.get("DEVMESH_LOG", "").strip().lower() or config.log.level
+        self.logs.level = logging.getLevelNamesMapping().get(self.log_level.upper(), logging.INFO)
         self.selector: selectors.BaseSelector = selectors.DefaultSelector()
         self.watchdog = Watchdog(self.node_id)
         self.shutting_down = False
@@ -93,8 +100,13 @@ class Supervisor:
         self._last_reap = 0.0
         self._watch_at = 0.0
         self._control_sock: socket.socket | None = None
+        self._dashboard_sock: socket.socket | None = None
+        self.dashboard_url = ""
+        self._worker_env: dict[str, str] = {}
+        self._state_key: object = None
+        self._state_at = 0.0
         self._proxy_sock: socket.socket | None = None
-        self._proxy_key: tuple[int, int, str] | None = None  # (port, workers, lan_access) served
+        self._proxy_key: tuple[object, ...] | None = None  # port, workers and settings served
         self._routes: RouteTable | None = None
         self._announced: m.Announce | None = None
         self._health_plan: m.HealthPlan | None = None
@@ -128,6 +140,11 @@ class Supervisor:
             self._install_signals()
             self._bind_control_socket()
             self._proxy_sock = bind_proxy(self.config.proxy.port)
+            if self.config.dashboard.enabled:
+                self._dashboard_sock = bind_dashboard(self.config.dashboard.port)
+                port = self._dashboard_sock.getsockname()[1]
+                self.dashboard_url = f"http://127.0.0.1:{port}/"
+            self._worker_env = prepare_dir(self.paths.metrics) | {"DEVMESH_LOG": self.log_level}
             self.services = ServiceSet(
                 self, self.config, namespace=self.namespace, node_id=self.node_id, only=self._only
             )
@@ -138,6 +155,10 @@ class Supervisor:
                 + ("proxy only" if self.proxy_only else f"{len(self.svcs.services)} services")
                 + f", pid {os.getpid()}"
             )
+            if self.dashboard_url:
+                self.logs.system(
+                    f"dashboard {self.dashboard_url} (metrics {self.dashboard_url}metrics)"
+                )
             while not (self.shutting_down and not self.svcs.alive()):
                 self._tick()
             self.svcs.sweep()  # whatever left a group and outlived the cache's last look
@@ -163,6 +184,7 @@ class Supervisor:
             svcs.advance()
         self._check_workers()
         self._push_routes()
+        self._push_state()
         if time.monotonic() - self._watch_at > TICK:
             self._watch_at = time.monotonic()
             if self._watch.changed():
@@ -252,8 +274,18 @@ class Supervisor:
     def _start_workers(self) -> None:
         assert self._control_sock is not None
         ctl = self._control_sock
+        dash = [self._dashboard_sock] if self._dashboard_sock is not None else []
         self._add_worker(
-            WorkerSpec("control", "devmesh.control.worker:make_role", sockets=lambda: [ctl])
+            WorkerSpec(
+                "control",
+                "devmesh.control.worker:make_role",
+                sockets=lambda: [ctl, *dash],
+                settings=lambda: {
+                    "metrics": str(self.paths.metrics),
+                    "logs": str(self.paths.logs),
+                    "url": self.dashboard_url,
+                },
+            )
         )
         self._reconcile_proxy()
         self._add_worker(WorkerSpec("health", "devmesh.health.worker:make_role"))
@@ -288,7 +320,7 @@ class Supervisor:
         }
 
     def _add_worker(self, spec: WorkerSpec) -> None:
-        handle = WorkerHandle(spec=spec, project=self.config.name)
+        handle = WorkerHandle(spec=spec, project=self.config.name, env=self._worker_env)
         self.workers[spec.name] = handle
         self._start_worker(handle)
 
@@ -296,14 +328,24 @@ class Supervisor:
         """Run `[proxy] workers` proxy workers on `[proxy] port`; after a config change, replace
         them (a new port is bound first: if it is taken, the old proxy keeps serving)."""
         proxy = self.config.proxy
-        key = (proxy.port, proxy.workers, proxy.lan_access.value)
+        log, tracing = self.config.log, self.config.tracing
+        key = (
+            proxy.port,
+            proxy.workers,
+            proxy.lan_access.value,
+            (log.requests, log.format),
+            (tracing.otlp_endpoint, tuple(tracing.otlp_headers.items())),
+        )
         if key == self._proxy_key:
             return
         if self._proxy_key is not None and proxy.port != self._proxy_key[0]:
             try:
                 new_sock = bind_proxy(proxy.port)
             except OSError as exc:
-                self.logs.system(f"proxy port {proxy.port} not applied: {exc.strerror or exc}")
+                self.logs.system(
+                    f"proxy port {proxy.port} not applied: {exc.strerror or exc}",
+                    level=logging.WARNING,
+                )
                 return
             assert self._proxy_sock is not None
             old_sock, self._proxy_sock = self._proxy_sock, new_sock
@@ -316,10 +358,18 @@ class Supervisor:
         self._proxy_key = key
         sock = self._proxy_sock
         assert sock is not None
+        requests = self.config.log.requests
+        if requests not in ("off", "stdout", "service"):
+            requests = str(self.config.root / requests)  # a file, relative to the project
         settings = {
             "proxy_port": proxy.port,
             "lan_access": proxy.lan_access.value,
             "retries": proxy.retries,
+            "requests": requests,
+            "request_format": self.config.log.format,
+            "node": node_identity(self.paths),
+            "otlp_endpoint": self.config.tracing.otlp_endpoint,
+            "otlp_headers": dict(self.config.tracing.otlp_headers),
         }
         for i in range(1, proxy.workers + 1):
             self._add_worker(
@@ -373,9 +423,15 @@ class Supervisor:
         if same and not force:
             return
         self._routes = table
+        if self.logs.level <= logging.DEBUG:
+            here = ", ".join(f"{s.name} ({s.state})" for s in table.services) or "none"
+            there = ", ".join(f"{p.name}: {len(p.services)}" for p in table.peers) or "none"
+            self.logs.system(
+                f"route table v{table.version}: here {here}; peers {there}", level=logging.DEBUG
+            )
         mismatches = version_mismatches(table)
         for line in sorted(set(mismatches) - set(self._mismatches)):
-            self.logs.system(f"version mismatch: {line}")
+            self.logs.system(f"version mismatch: {line}", level=logging.WARNING)
         self._mismatches = mismatches
         for handle in self.workers.values():
             if handle.name.startswith("proxy-"):
@@ -419,7 +475,8 @@ class Supervisor:
         detail = "" if msg.ok else f": {msg.detail}"
         if svc.health.readiness:  # only its port is checked
             status = "ready" if msg.ok else "not ready"
-        self.logs.system(f"{svc.name} is {status}{detail}", svc.name)
+        level = logging.WARNING if status in ("unhealthy", "not ready") else logging.INFO
+        self.logs.system(f"{svc.name} is {status}{detail}", svc.name, level)
         self.svcs.dirty = True  # dependents waiting for "healthy"; the routes follow
         if status == "unhealthy" and svc.config.restart_on_unhealthy:
             self.svcs.end_unhealthy(svc)
@@ -450,11 +507,11 @@ class Supervisor:
         except ConfigError as exc:
             self.config_error = [str(i) for i in exc.issues]
             for line in self.config_error:
-                self.logs.system(f"config not applied: {line}")
+                self.logs.system(f"config not applied: {line}", level=logging.ERROR)
             return
         except OSError as exc:
             self.config_error = [f"{self.config.path}: {exc.strerror or exc}"]
-            self.logs.system(f"config not applied: {self.config_error[0]}")
+            self.logs.system(f"config not applied: {self.config_error[0]}", level=logging.ERROR)
             return
         self.config_error = []
         if self.proxy_only:
@@ -492,6 +549,8 @@ class Supervisor:
                 self._health_result(msg)
             elif isinstance(msg, m.ProxyStats):
                 self._proxy_refused[msg.worker] = msg.refused
+            elif isinstance(msg, m.RequestLines):
+                self._request_lines(msg)
         if eof:  # the worker's end of the pipe closed: it died
             self._worker_died(handle)
 
@@ -501,6 +560,7 @@ class Supervisor:
         pid = handle.pid
         if pid is not None:
             self.watchdog.remove_pid(pid)
+            worker_died(self.paths.metrics, pid)
         if handle in self._retired:  # replaced after a config change
             self._retired.remove(handle)
             handle.reap(time.monotonic(), restart=False)
@@ -509,7 +569,9 @@ class Supervisor:
         restart_at = handle.reap(time.monotonic(), restart=not stopping)
         if restart_at is None:
             return
-        self.logs.system(f"worker {handle.name} died ({handle.last_exit}), restarting")
+        self.logs.system(
+            f"worker {handle.name} died ({handle.last_exit}), restarting", level=logging.WARNING
+        )
 
         def restart() -> None:
             if handle.state is WorkerState.BACKOFF and not self.shutting_down:
@@ -524,7 +586,9 @@ class Supervisor:
             # Until it is ready, a worker may be importing on a loaded machine: more time.
             limit = SILENCE_LIMIT if handle.state is WorkerState.RUNNING else STARTUP_LIMIT
             if live and handle.silent_for(now) > limit:
-                self.logs.system(f"worker {handle.name} silent for {limit:g}s, killing it")
+                self.logs.system(
+                    f"worker {handle.name} silent for {limit:g}s, killing it", level=logging.WARNING
+                )
                 handle.kill()
                 handle.last_heard = now  # its sentinel reports the death
 
@@ -551,15 +615,56 @@ class Supervisor:
             self.svcs.kill_all()
         if self._proxy_sock is not None:
             self._proxy_sock.close()
+        if self._dashboard_sock is not None:
+            self._dashboard_sock.close()
         if self._control_sock is not None:
             self._control_sock.close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.paths.pidfile.unlink()
+        shutil.rmtree(self.paths.metrics, ignore_errors=True)
         self.watchdog.close()
         self.logs.close()
         self._lock.release()
+
+    def _request_lines(self, msg: m.RequestLines) -> None:
+        """A proxy worker's request lines: among the service's own, or as they are."""
+        into_services = self.config.log.requests == "service"
+        for service, block in msg.lines:
+            if not into_services:
+                self.logs.raw(block)
+            elif service:
+                self.logs.lines(service, block)
+            else:  # matched no service
+                self.logs.system(block.decode("utf-8", "replace"))
+
+    def _push_state(self) -> None:
+        """Send the control worker the node's state when it changed, and once a second."""
+        handle = self.workers.get("control")
+        if handle is None or handle.state is not WorkerState.RUNNING:
+            self._state_key = None  # a restarted one gets the state as soon as it is ready
+            return
+        key = (
+            self._routes.version if self._routes else 0,
+            tuple(
+                (s.state, s.timer_token, s.restarts, s.pid, s.healthy)
+                for s in self.svcs.services.values()
+            ),
+            id(self.peers),
+            tuple(self.config_error),
+            self.shutting_down,
+            tuple(w.state for w in self.workers.values()),
+        )
+        now = time.monotonic()
+        if key == self._state_key and now - self._state_at < TICK:
+            return
+        self._state_key, self._state_at = key, now
+        handle.send(
+            m.StateUpdate(
+                status=self.status(), peers=self.peers_document(), routes=self.routes_document()
+            )
+        )
 
     def _peers_changed(self, update: m.PeersUpdate) -> None:
         old = {p["node"]: p for p in self.peers.peers}
@@ -643,6 +748,10 @@ class Supervisor:
                 },
                 "config_error": self.config_error,
                 "routes_version": self._routes.version if self._routes else 0,
+                "dashboard": {
+                    "url": self.dashboard_url or None,
+                    "metrics": f"{self.dashboard_url}metrics" if self.dashboard_url else None,
+                },
             },
             "services": [
                 s.snapshot(now) | {"url": url(s.name, self.config.proxy.port)}
@@ -711,6 +820,26 @@ def node_identity(paths: ProjectPaths) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(node + "\n")
     return node
+
+
+def bind_dashboard(port: int | None) -> socket.socket:
+    """The dashboard's socket on 127.0.0.1: `port`, or without one the first free port from
+    8081 (then any free port)."""
+    error: OSError | None = None
+    for p in [port] if port is not None else [*range(DASHBOARD_PORT, DASHBOARD_PORT + 10), 0]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", p))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sock.set_inheritable(False)
+        return sock
+    assert error is not None
+    raise error
 
 
 def bind_proxy(port: int) -> socket.socket:

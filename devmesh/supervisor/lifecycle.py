@@ -6,6 +6,7 @@ which gives it a selector for output pipes, a timer heap, the log sink and the w
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import signal
@@ -156,7 +157,7 @@ class ServiceSet:
                 self.start(svc)
             elif blocked:
                 svc.to(S.FAILED, blocked)
-                self.host.logs.system(f"{name} not started: {blocked}", name)
+                self.host.logs.system(f"{name} not started: {blocked}", name, logging.WARNING)
 
     def _blocked_by(self, svc: Service) -> str | None:
         """None: may start now; "": wait (the reason says for what); else why it never can."""
@@ -194,7 +195,7 @@ class ServiceSet:
             spawned = procs.spawn(svc.config.command, cwd=svc.config.cwd, env=self.env(svc))
         except OSError as exc:
             svc.to(S.FAILED, f"cannot start: {exc.strerror or exc}")
-            self.host.logs.system(f"{svc.name} cannot start: {exc}", svc.name)
+            self.host.logs.system(f"{svc.name} cannot start: {exc}", svc.name, logging.ERROR)
             self.dirty = True
             return
         svc.proc = spawned
@@ -292,11 +293,13 @@ class ServiceSet:
         elif isinstance(decision, policy.Restart):
             delay = max(0.0, decision.at - now)
             svc.to(S.BACKOFF, f"{what}; restarting in {delay:.2g}s")
-            self.host.logs.system(f"{svc.name} {what}, restarting in {delay:.2g}s", svc.name)
+            self.host.logs.system(
+                f"{svc.name} {what}, restarting in {delay:.2g}s", svc.name, logging.WARNING
+            )
             self._timer(svc, delay, self._restart_from_backoff)
         elif decision.failed:
             svc.to(S.FAILED, decision.reason)
-            self.host.logs.system(f"{svc.name} failed: {decision.reason}", svc.name)
+            self.host.logs.system(f"{svc.name} failed: {decision.reason}", svc.name, logging.ERROR)
         else:
             svc.to(S.EXITED, decision.reason)
             self.host.logs.system(f"{svc.name} {decision.reason}", svc.name)

@@ -19,6 +19,15 @@ def preflight(config: Config, names: Iterable[str]) -> list[str]:
             f"{file}: proxy.port: port {config.proxy.port} is already in use by {who}; "
             "stop that process or set [proxy] port to another port"
         )
+    dashboard = config.dashboard
+    if dashboard.enabled and dashboard.port is not None:
+        who = procs.port_holder(dashboard.port)
+        if who is not None:
+            errors.append(
+                f"{file}: dashboard.port: port {dashboard.port} is already in use by {who}; "
+                "stop that process, set [dashboard] port to another port, or remove it (then "
+                "the first free port from 8081 is used)"
+            )
     for name in names:
         svc = config.services[name]
         where = f"{file}:{svc.line}" if svc.line else file

@@ -64,7 +64,8 @@ def diff(old: Config, new: Config) -> ConfigDiff:
             for n in new.services
             if n in old.services and not _same(old.services[n], new.services[n])
         ),
-        proxy_changed=old.proxy != new.proxy,
+        # What the proxy workers are started with: [proxy], request lines, span export.
+        proxy_changed=(old.proxy, old.log, old.tracing) != (new.proxy, new.log, new.tracing),
         env_changed=dict(old.dotenv) != dict(new.dotenv),
     )
 

@@ -54,6 +54,7 @@ class WorkerHandle:
     quick_deaths: int = 0
     last_exit: str = ""
     pending: list[m.ParentMessage] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # over the parent's environment
 
     @property
     def name(self) -> str:
@@ -76,7 +77,7 @@ class WorkerHandle:
         fds = [child_sock.fileno(), *(s.fileno() for s in sockets)]
         argv = [sys.executable, "-m", "devmesh.workers", self.spec.name, self.spec.factory]
         argv += [str(os.getpid()), *map(str, fds)]
-        env = dict(os.environ)
+        env = dict(os.environ) | self.env
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         # SIGINT (Ctrl+C reaches the whole foreground group) stays blocked in the new process
         # until it has set SIG_IGN: no KeyboardInterrupt traceback from a half-started worker.

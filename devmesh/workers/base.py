@@ -7,6 +7,7 @@ It dies with its parent twice over: `PR_SET_PDEATHSIG`, and EOF on its pipe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -99,6 +100,14 @@ def worker_main(
     configure = conn.recv()
     if not isinstance(configure, m.Configure) or configure.protocol != m.PROTOCOL:
         sys.exit(3)
+    # Python logging of the worker (errors it caught, debug detail) to the parent's stderr.
+    level = os.environ.get("DEVMESH_LOG", "info").upper()
+    logging.basicConfig(
+        level=logging.getLevelNamesMapping().get(level, logging.INFO),
+        format=f"devmesh {name}: %(levelname)s %(message)s",
+    )
+    if level != "DEBUG":  # uvicorn's start and stop lines are noise at the other levels
+        logging.getLogger("uvicorn").setLevel(logging.WARNING)
     module_name, _, func_name = factory_path.partition(":")
     module = __import__(module_name, fromlist=[func_name])
     factory: RoleFactory = getattr(module, func_name)
