@@ -106,11 +106,11 @@ def _read_service(log_dir: Path, service: str, n: int | None) -> list[LogRecord]
     raw = [line for lines in reversed(chunks) for line in lines]
     if n is not None:
         raw = raw[-n:]
-    return _LineParser(service).parse(raw, fallback or datetime.now(UTC))
+    return LineParser(service).parse(raw, fallback or datetime.now(UTC))
 
 
 @dataclass
-class _LineParser:
+class LineParser:
     """Turns raw file lines of one service into records, remembering the last good time."""
 
     service: str
@@ -171,12 +171,12 @@ def _record(when: datetime, service: str, raw: bytes) -> LogRecord:
 
 
 @dataclass
-class _Followed:
+class Followed:
     """One followed file: the open descriptor, its identity and the unfinished last line."""
 
     service: str
     path: Path
-    parser: _LineParser
+    parser: LineParser
     fd: int = -1
     ident: tuple[int, int] = (0, 0)
     pos: int = 0
@@ -299,10 +299,10 @@ def follow(
     checked at every poll; closing the generator also ends it and closes its files.
     """
     every = not services
-    followed: dict[str, _Followed] = {}
+    followed: dict[str, Followed] = {}
 
     def add(name: str, at_end: bool) -> None:
-        entry = _Followed(name, log_dir / f"{name}.log", _LineParser(name))
+        entry = Followed(name, log_dir / f"{name}.log", LineParser(name))
         entry.open(at_end=at_end)
         followed[name] = entry
 

@@ -127,6 +127,7 @@ class Service:
             "started_at": self.started_wall or None,
             "changed_at": self.changed_wall,
             "command": self.config.command,
+            "version": self.config.version,
             "user_stopped": self.user_stopped,
             "stop_timeout": self.config.stop_timeout,
             "start_secs": self.config.start_secs,
