@@ -11,17 +11,19 @@ import contextlib
 import logging
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from devmesh.metrics import DURATION_BUCKETS
 from devmesh.proxy.client import ClientProtocol
 from devmesh.proxy.headers import TraceIds
 from devmesh.proxy.ingress import LAN_ACCESS
 from devmesh.proxy.outbox import Outbox
 from devmesh.proxy.router import Router, Target
 from devmesh.proxy.spans import otel_trace_id
-from devmesh.proxy.stats import RequestLog, RequestStats
+from devmesh.proxy.stats import STATS_CELLS, RequestLog, RequestStats
 from devmesh.proxy.table import RouteTable
 from devmesh.proxy.upstream import Pool
 
@@ -206,7 +208,13 @@ class ProxyServer:
             service = target.name
             if target.candidates and not ex.local:
                 peer = target.candidates[ex.attempt].peer
-        self.stats.record(service, peer, ex.method, code, seconds)
+        # RequestStats.record, inlined (once per request).
+        key = (service, peer, ex.method, code)
+        cells = self.stats.cells.get(key)
+        if cells is None:
+            cells = self.stats.cells[key] = [0.0] * STATS_CELLS
+        cells[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        cells[-1] += seconds
         spans = self.spans
         if spans is not None and ex.span:
             end = time.time_ns()

@@ -16,30 +16,47 @@ from bisect import bisect_left
 from devmesh.metrics import DURATION_BUCKETS
 
 # One cell per bucket, one for +Inf, and the sum of the durations last.
-_CELLS = len(DURATION_BUCKETS) + 2
+STATS_CELLS = len(DURATION_BUCKETS) + 2
 
 
 class RequestStats:
-    """Request counts and duration histograms since the last `take`."""
+    """Request counts and duration histograms since the last `take`: per (service, peer,
+    method, code), the count in each duration bucket and the sum of the durations. One dict
+    lookup per request; the counts and the (service, peer) histograms are made by `take`."""
 
-    __slots__ = ("counts", "refused", "retries", "times")
+    __slots__ = ("cells", "refused", "retries")
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, bytes, int], int] = {}
-        self.times: dict[tuple[str, str], list[float]] = {}
+        self.cells: dict[tuple[str, str, bytes, int], list[float]] = {}
         self.retries: dict[str, int] = {}
         self.refused = 0
 
     def record(self, service: str, peer: str, method: bytes, code: int, seconds: float) -> None:
-        """One answered request."""
+        """One answered request (`ProxyServer.done` does the same inline)."""
         key = (service, peer, method, code)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
-        cells = self.times.get((service, peer))
+        cells = self.cells.get(key)
         if cells is None:
-            cells = self.times[(service, peer)] = [0.0] * _CELLS
+            cells = self.cells[key] = [0.0] * STATS_CELLS
         cells[bisect_left(DURATION_BUCKETS, seconds)] += 1
         cells[-1] += seconds
+
+    @property
+    def counts(self) -> dict[tuple[str, str, bytes, int], int]:
+        """Requests per (service, peer, method, code)."""
+        return {key: int(sum(cells[:-1])) for key, cells in self.cells.items()}
+
+    @property
+    def times(self) -> dict[tuple[str, str], list[float]]:
+        """Duration histograms per (service, peer): the cells of every method and code added."""
+        out: dict[tuple[str, str], list[float]] = {}
+        for (service, peer, _, _), cells in self.cells.items():
+            total = out.get((service, peer))
+            if total is None:
+                out[(service, peer)] = list(cells)
+            else:
+                for i, value in enumerate(cells):
+                    total[i] += value
+        return out
 
     def retried(self, service: str) -> None:
         """A request went to another copy after one failed."""
@@ -48,14 +65,13 @@ class RequestStats:
     def take(self) -> RequestStats:
         """Everything counted so far (and start again from nothing)."""
         taken = RequestStats()
-        taken.counts, self.counts = self.counts, taken.counts
-        taken.times, self.times = self.times, taken.times
+        taken.cells, self.cells = self.cells, taken.cells
         taken.retries, self.retries = self.retries, taken.retries
         taken.refused, self.refused = self.refused, 0
         return taken
 
     def __bool__(self) -> bool:
-        return bool(self.counts or self.refused or self.retries)
+        return bool(self.cells or self.refused or self.retries)
 
 
 class RequestLog:
