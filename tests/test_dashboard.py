@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import REPO, Project, wait_until
+from tests.browser import ARTIFACTS, launch, need_chromium
+from tests.conftest import Project, wait_until
 
 try:
     from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
@@ -34,19 +35,6 @@ except ImportError:
         allow_module_level=True,
     )
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-proxy-server",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # The page must show a change pushed by the node within this many milliseconds (the issue asks
 # for a second; the margin is for a loaded CI machine).
 PUSHED_MS = 5_000
@@ -84,12 +72,9 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One headless Chromium for the module (each test gets its own context)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)")
+    need_chromium()
     with sync_playwright() as pw:
-        launched = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
+        launched = launch(pw, "--headless")
         try:
             yield launched
         finally:

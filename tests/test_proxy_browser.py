@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser import ARTIFACTS, launch, need_chromium
 from tests.conftest import REPO, Project, wait_until
 
 try:
@@ -37,22 +38,10 @@ except ImportError:
         allow_module_level=True,
     )
 
-CHROMIUM = Path("/usr/bin/chromium")
 FIXTURE = REPO / "tests" / "fixtures" / "vite-app"
 SOURCES = ("package.json", "package-lock.json", "index.html", "main.js")
-ARTIFACTS = REPO / "test-artifacts"
-# Everything stays on this machine: `web` resolves to loopback, no proxy, no background traffic.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-proxy-server",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP web 127.0.0.1, MAP *.localhost 127.0.0.1",
-]
+# `web` and `*.localhost` resolve to loopback.
+RESOLVE = "--host-resolver-rules=MAP web 127.0.0.1, MAP *.localhost 127.0.0.1"
 # Records every WebSocket the page opens, with its close code: Playwright does not report those.
 WS_RECORDER = """
 (() => {
@@ -85,8 +74,7 @@ def node_major() -> int | None:
 def node_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixture app's node_modules: the one `.ci/run` installed (npm ci), else one installed
     now into a temporary copy; skips without Chromium or Node, or when npm cannot install."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)")
+    need_chromium()
     major = node_major()
     if major is None:
         pytest.skip("node is not installed (apt-get install nodejs npm; .ci/run does)")
@@ -214,9 +202,7 @@ def check_in_browser(app: Path, port: int, vite_port: int) -> None:
     urls = [f"http://web:{port}/", f"http://web.localhost:{port}/"]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
+        browser = launch(pw, RESOLVE)
         try:
             context = browser.new_context(viewport={"width": 800, "height": 500})
             context.add_init_script(WS_RECORDER)
