@@ -1,0 +1,163 @@
+"""`/metrics` of a running mesh: promtool finds nothing to fault, a real Prometheus scrapes it,
+and every query of the Grafana dashboard evaluates against what devmesh exports."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import threading
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Project, wait_until
+from tests.prometheus import (
+    PrometheusServer,
+    dashboard,
+    promtool_check_metrics,
+    queries,
+    require_prometheus,
+    resolve,
+    value,
+)
+
+
+def get(port: int, host: str) -> int:
+    """The status of one GET / through the proxy with this Host header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def answers(port: int, host: str) -> bool:
+    """True once the proxy serves `host` with a 200."""
+    try:
+        return get(port, host) == 200
+    except OSError:
+        return False
+
+
+def scrape(url: str) -> str:
+    """The text of one GET of `/metrics`."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        text: str = response.read().decode()
+        return text
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels...}` in an exposition (other labels ignored)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and labels.items() <= s.labels.items():
+                return float(s.value)
+    return None
+
+
+@pytest.fixture
+def api(project: Project) -> Iterator[Project]:
+    """A mesh with one HTTP service, `api`, answering through the proxy."""
+    require_prometheus()
+    project.toml(
+        """
+        [services.api]
+        command = "python3 -m http.server $PORT --bind 127.0.0.1"
+        """
+    )
+    project.up()
+    wait_until(lambda: answers(project.proxy_port, "api.localhost"), 15, "api through the proxy")
+    yield project
+
+
+@pytest.fixture
+def traffic(api: Project) -> Iterator[None]:
+    """GETs to `api` through the proxy, 20 a second, until the test ends (at most 2 minutes)."""
+    stop = threading.Event()
+
+    def send() -> None:
+        for _ in range(2400):
+            if stop.wait(0.05):
+                return
+            with contextlib.suppress(OSError):  # the rates the test reads show what failed
+                get(api.proxy_port, "api.localhost")
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    yield
+    stop.set()
+    sender.join(10)
+
+
+def test_metrics_pass_promtool_and_count_requests(api: Project) -> None:
+    port = api.proxy_port
+    for _ in range(10):
+        assert get(port, "api.localhost") == 200
+    assert get(port, "nobody.localhost") == 404
+    node = api.status()["node"]
+    url = node["dashboard"]["metrics"]
+    assert url == f"{node['dashboard']['url']}metrics"
+
+    # The proxy hands its counts over once a second, one metric after the other: a scrape in
+    # between sees some of them.
+    def counted() -> str | None:
+        text = scrape(url)
+        served = sample(text, "devmesh_requests_total", service="api", code="200", method="GET")
+        timed = sample(text, "devmesh_request_duration_seconds_count", service="api", peer="")
+        unknown = sample(text, "devmesh_requests_total", service="", code="404")
+        return text if (served or 0) >= 11 and (timed or 0) >= 11 and unknown else None
+
+    text = wait_until(counted, 15, "the requests in /metrics")
+    # The ten, and the one that found api up (none before it was a 200); each counted once.
+    assert sample(text, "devmesh_requests_total", service="api", code="200") == 11
+    assert sample(text, "devmesh_request_duration_seconds_count", service="api") == 11
+    assert sample(text, "devmesh_requests_total", service="", code="404") == 1
+    check = promtool_check_metrics(text)
+    assert check.returncode == 0, f"promtool check metrics:\n{check.stderr}\n{text}"
+    assert sample(text, "devmesh_service_up", service="api", source="local") == 1
+    assert sample(text, "devmesh_service_restarts_total", service="api") == 0
+    assert sample(text, "devmesh_build_info", version=node["version"]) == 1
+    assert sample(text, "devmesh_peers") == 0
+
+
+def test_prometheus_scrapes_devmesh_and_the_dashboard_has_data(api: Project, traffic: None) -> None:
+    metrics = urlsplit(api.status()["node"]["dashboard"]["metrics"])
+    with PrometheusServer([metrics.netloc], metrics_path=metrics.path) as prom:
+        rates = prom.wait_for(
+            'sum(rate(devmesh_requests_total{service="api", code="200"}[10s]))',
+            lambda r: r and value(r[0]) > 0,
+        )
+        assert value(rates[0]) < 100, rates  # 20 a second, not counted twice
+        [up] = prom.wait_for('devmesh_service_up{service="api", source="local"}')
+        assert value(up) == 1
+        [target] = prom.targets()
+        assert target["health"] == "up", target
+
+        dash = dashboard()
+        variables = {v["name"] for v in dash["templating"]["list"]}
+        panels: dict[str, list[dict[str, Any]]] = {}
+        for title, expr in queries(dash):
+            panels.setdefault(title, []).extend(prom.query(resolve(expr, variables)))
+        # The panels the traffic and the running service must fill.
+        for title in (
+            "Request rate per service",
+            "Latency per service (p50, p95, p99)",
+            "Requests by peer",
+            "Services up",
+            "Restarts (last hour)",
+            "devmesh versions",
+        ):
+            assert panels[title], f"{title}: no data"
+        assert {s["metric"].get("service") for s in panels["Request rate per service"]} >= {"api"}
+        assert {s["metric"].get("peer") for s in panels["Requests by peer"]} == {"local"}
+        # No 5xx is a ratio of 0, not a missing line.
+        ratio = {s["metric"]["service"]: value(s) for s in panels["Error ratio per service (5xx)"]}
+        assert ratio["api"] == 0, ratio
