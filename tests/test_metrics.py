@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
+import signal
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -161,3 +163,42 @@ def test_prometheus_scrapes_devmesh_and_the_dashboard_has_data(api: Project, tra
         # No 5xx is a ratio of 0, not a missing line.
         ratio = {s["metric"]["service"]: value(s) for s in panels["Error ratio per service (5xx)"]}
         assert ratio["api"] == 0, ratio
+
+
+def test_counts_outlive_a_killed_proxy_worker_and_start_again_with_devmesh(
+    project: Project,
+) -> None:
+    # Not the `api` fixture: no Prometheus is needed to read the counters.
+    project.toml(
+        """
+        [services.api]
+        command = "python3 -m http.server $PORT --bind 127.0.0.1"
+        """
+    )
+    run = project.up()
+    wait_until(lambda: answers(project.proxy_port, "api.localhost"), 15, "api through the proxy")
+    url = project.status()["node"]["dashboard"]["metrics"]
+
+    def served() -> float:
+        return sample(scrape(url), "devmesh_requests_total", service="api", code="200") or 0.0
+
+    for _ in range(4):
+        assert get(project.proxy_port, "api.localhost") == 200
+    wait_until(lambda: served() == 5, 10, "5 requests counted")  # 4 and the one waited for
+    worker = next(w for w in project.status()["workers"] if w["name"] == "proxy-1")
+    os.kill(worker["pid"], signal.SIGKILL)
+
+    def restarted() -> bool:
+        now = next(w for w in project.status()["workers"] if w["name"] == "proxy-1")
+        return now["state"] == "running" and now["pid"] != worker["pid"]
+
+    wait_until(restarted, 20, "a new proxy worker")
+    wait_until(lambda: answers(project.proxy_port, "api.localhost"), 15, "api served again")
+    # The dead worker's counts stay in the total: a counter never goes down while devmesh runs.
+    wait_until(lambda: served() == 6, 10, "the dead worker's 5 and the new worker's 1")
+    project.cli("down")
+    run.proc.wait(20)
+    # A new devmesh starts from nothing: the last run's files were wiped.
+    project.up()
+    url = project.status()["node"]["dashboard"]["metrics"]
+    assert served() == 0
