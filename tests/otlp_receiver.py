@@ -70,16 +70,16 @@ class OtlpReceiver:
     them. Set `status` to answer every export with that HTTP status instead of 200 (the spans
     are then not kept; `rejected` counts those requests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         self.rejected = 0
         self.status = 200
         self.changed = threading.Condition()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = ThreadingHTTPServer((host, port), _handler(self))
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -166,3 +166,26 @@ def _handler(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
             pass  # keep test output clean
 
     return Handler
+
+
+def main(host: str, port: int) -> None:
+    """`python -m tests.otlp_receiver HOST PORT`: a receiver in its own process (inside a lab
+    host), printing `ready`, then one JSON line per span received, until it is killed."""
+    import json
+
+    receiver = OtlpReceiver(host, port)
+    receiver.start()
+    print("ready", flush=True)
+    printed = 0
+    while True:
+        spans = receiver.wait_for(printed + 1, timeout=3600)
+        for got in spans[printed:]:
+            line = {"trace_id": got.trace_id, "span_id": got.span_id, "parent_id": got.parent_id}
+            print(json.dumps(line | {"attributes": got.attributes}), flush=True)
+        printed = len(spans)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1], int(sys.argv[2]))

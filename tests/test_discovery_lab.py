@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -528,3 +531,43 @@ def test_trace_id_and_request_lines_across_peers(
     counted = f'devmesh_requests_total{{code="200",method="GET",peer="{a_node}",service="api"}} 1.0'
     text = wait_until(lambda: next((t for t in [metrics()] if counted in t), None), 10, "metrics")
     assert f'devmesh_service_up{{service="api",source="{a_node}"}} 1.0' in text
+
+
+def test_spans_of_both_proxies_join_one_trace(new_project: Callable[[], Project], lab: Lab) -> None:
+    # A real OTLP receiver inside lab host 1; both nodes export their proxy spans to it.
+    receiver = subprocess.Popen(
+        lab.exec(1, [sys.executable, "-m", "tests.otlp_receiver", lab.ip(1), "4318"]),
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+        tracing = f'[tracing]\notlp_endpoint = "http://{lab.ip(1)}:4318"\n'
+        a = node(new_project, lab, 1, "api", body="api of A", extra=tracing)
+        b = node(new_project, lab, 2, "web", extra=tracing)
+        wait_until(lambda: sees(b, "api", 1), 10, "node 2 sees api on node 1")
+        trace, client_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+        header = f"traceparent:00-{trace}-{client_span}-01"
+        assert get(lab, 2, "127.0.0.1", b.proxy_port, "api", 1, header)["ok"] == 1
+        a_node = peers_json(b)["peers"][0]["node"]
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(x) for x in receiver.stdout], daemon=True
+        ).start()
+        spans: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20  # each node's proxy exports within about a second
+        while len(spans) < 2:
+            span = json.loads(lines.get(timeout=max(0.01, deadline - time.monotonic())))
+            if span["trace_id"] == trace:
+                spans.append(span)
+        at_b = next(s for s in spans if s["attributes"].get("devmesh.peer") == a_node)
+        at_a = next(s for s in spans if s is not at_b)
+        # Client -> B's proxy -> A's proxy: one trace, each span the child of the one before.
+        assert at_b["parent_id"] == client_span
+        assert at_a["parent_id"] == at_b["span_id"]
+        assert at_a["attributes"]["devmesh.service"] == at_b["attributes"]["devmesh.service"]
+        assert a.status()["node"]["project"]  # node 1 still answers after exporting
+    finally:
+        receiver.kill()
+        receiver.communicate(timeout=10)

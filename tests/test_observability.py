@@ -175,10 +175,20 @@ def test_proxy_spans_exported_over_otlp(project: Project) -> None:
         fresh = json.loads(body)["headers"]["traceparent"].split("-")
         assert fresh[1] == headers["x-devmesh-trace-id"]
 
+        # The client's own devmesh id and a W3C trace: the trace goes on, the id is an attribute.
+        both = {"X-DevMesh-Trace-ID": "order-42", "traceparent": f"00-{trace}-{client_span}-01"}
+        _, body, headers = get(port, "web.localhost", "/both", both)
+        assert headers["x-devmesh-trace-id"] == "order-42"
+        assert json.loads(body)["headers"]["traceparent"].split("-")[1] == trace
+
         def spans_for(path: str) -> Any:
             return next((s for s in rx.spans if s.attributes.get("url.path") == path), None)
 
-        wait_until(lambda: spans_for("/traced") and spans_for("/fresh"), 20, "the proxy's spans")
+        wait_until(
+            lambda: spans_for("/traced") and spans_for("/fresh") and spans_for("/both"),
+            20,
+            "the proxy's spans",
+        )
         span = spans_for("/traced")
         assert (span.trace_id, span.span_id, span.parent_id) == (trace, proxy_span, client_span)
         assert span.attributes["http.response.status_code"] == 200
@@ -186,6 +196,9 @@ def test_proxy_spans_exported_over_otlp(project: Project) -> None:
         assert span.attributes["http.request.method"] == "GET"
         other = spans_for("/fresh")
         assert (other.trace_id, other.span_id, other.parent_id) == (fresh[1], fresh[2], "")
+        joined = spans_for("/both")
+        assert (joined.trace_id, joined.parent_id) == (trace, client_span)
+        assert joined.attributes["devmesh.trace_id"] == "order-42"
 
 
 def test_log_level_from_the_flag_the_environment_and_the_config(project: Project) -> None:

@@ -304,13 +304,16 @@ class ClientProtocol(Outbox):
             self._local(ex, 400, "no Host header")
 
     def _span(self, ex: Exchange, parent: tuple[bytes, bytes, bytes] | None) -> None:
-        """The proxy exports spans: this request's span is the backend's parent."""
+        """The proxy exports spans: this request's span is the backend's parent, and the child
+        of the client's span when it sent a valid `traceparent` (its trace goes on, whatever
+        devmesh trace id the client also sent: that one is an attribute of the span)."""
         head = self.head
         ex.span = self.server.trace_ids.next()[:16]
-        trace_id = otel_trace_id(ex.trace)
-        if parent is not None and parent[0] == trace_id:
-            ex.parent_span = parent[1]
-        head.traceparent_out = traceparent(trace_id, ex.span, parent[2] if parent else b"01")
+        if parent is not None:
+            ex.otel_trace, ex.parent_span, flags = parent
+        else:
+            ex.otel_trace, flags = otel_trace_id(ex.trace), b"01"
+        head.traceparent_out = traceparent(ex.otel_trace, ex.span, flags)
         head.rare = True  # the head is built by the path that writes traceparent
 
     def _forwarded(self, ex: Exchange, target: Target, hop: bytes) -> Target | None:

@@ -60,6 +60,7 @@ class Exchange:
     sent = 0  # response body bytes relayed
     path = b""  # the request-target as the client sent it
     span = b""  # the proxy's span id, when it exports spans
+    otel_trace = b""  # and the trace it belongs to
     parent_span = b""  # the client's span (its traceparent), when it sent one
     attempt = 0  # which of the target's candidates serves it
     warning = b""  # a header line for the response (a peer's version differs from ours)

@@ -22,7 +22,6 @@ from devmesh.proxy.headers import TraceIds
 from devmesh.proxy.ingress import LAN_ACCESS
 from devmesh.proxy.outbox import Outbox
 from devmesh.proxy.router import Router, Target
-from devmesh.proxy.spans import otel_trace_id
 from devmesh.proxy.stats import STATS_CELLS, RequestLog, RequestStats
 from devmesh.proxy.table import RouteTable
 from devmesh.proxy.upstream import Pool
@@ -219,7 +218,7 @@ class ProxyServer:
         if spans is not None and ex.span:
             end = time.time_ns()
             spans.record(
-                trace_id=otel_trace_id(ex.trace),
+                trace_id=ex.otel_trace,
                 span_id=ex.span,
                 parent_id=ex.parent_span,
                 name=f"{ex.method.decode('latin-1')} {service or 'devmesh'}",
