@@ -1187,3 +1187,49 @@ def test_describe_procfile_and_external(tmp_path: Path) -> None:
         "devmesh",
         "run)",
     ]
+
+
+# -- [dashboard], [tracing] and [log] of issue 6 ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [
+        ("[dashboard]\nport = 70000\n", 2, "dashboard.port", "70000 is not a port (1-65535)"),
+        ("[dashboard]\nenabled = 'yes'\n", 2, "dashboard.enabled", "expected true or false"),
+        (
+            '[tracing]\notlp_endpoint = "ftp://collector"\n',
+            2,
+            "tracing.otlp_endpoint",
+            '"ftp://collector" is not an http(s) URL',
+        ),
+        ('[tracing]\notlp_endpont = "x"\n', 2, "tracing.otlp_endpont", "unknown key"),
+        ('[log]\nlevel = "loud"\n', 2, "log.level", '"loud" is not a log level'),
+    ],
+)
+def test_observability_sections_name_the_mistake(
+    tmp_path: Path, text: str, line: int, key: str, message: str
+) -> None:
+    issue = toml_issue(tmp_path, text + MINIMAL)
+    assert (issue.line, issue.key) == (line, key)
+    assert issue.message.startswith(message), issue.message
+
+
+def test_observability_sections_read(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            '[dashboard]\nport = 9191\n[tracing]\notlp_endpoint = "http://127.0.0.1:4318"\n'
+            'otlp_headers = { authorization = "Bearer x" }\n'
+            '[log]\nrequests = "service"\nformat = "json"\nlevel = "debug"\n' + MINIMAL,
+        )
+    )
+    assert (config.dashboard.port, config.dashboard.enabled) == (9191, True)
+    assert config.tracing.otlp_endpoint == "http://127.0.0.1:4318"
+    assert dict(config.tracing.otlp_headers) == {"authorization": "Bearer x"}
+    assert (config.log.requests, config.log.format, config.log.level) == (
+        "service",
+        "json",
+        "debug",
+    )
+    assert load(write(tmp_path, MINIMAL)).dashboard.port is None  # 8081 or the next free

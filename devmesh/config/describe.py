@@ -25,6 +25,11 @@ def describe(config: Config) -> str:
         f"log        level {log.level}, {log.format}, requests {log.requests}, "
         f"rotate at {format_size(log.max_size)} keeping {log.backups}"
     )
+    dashboard = config.dashboard
+    where = f"127.0.0.1:{dashboard.port}" if dashboard.port else "127.0.0.1:8081 or the next free"
+    lines.append(f"dashboard  {where} (with /metrics)" if dashboard.enabled else "dashboard  off")
+    otlp = config.tracing.otlp_endpoint
+    lines.append(f"tracing    OTLP spans to {otlp}" if otlp else "tracing    trace ids only")
     lines.append("")
     lines.extend(_table(config))
     return "\n".join(lines) + "\n"

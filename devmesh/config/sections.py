@@ -27,6 +27,7 @@ from devmesh.config.values import (
     existing_path,
     int_at_least,
     parse_size,
+    show,
     word_in,
 )
 
@@ -140,7 +141,7 @@ def as_http_url(value: object) -> str:
     text = as_text(value)
     scheme, sep, rest = text.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest.split("/")[0]:
-        raise BadValue(f"{text!r} is not an http(s) URL", 'use e.g. "http://127.0.0.1:4318"')
+        raise BadValue(f"{show(text)} is not an http(s) URL", 'use e.g. "http://127.0.0.1:4318"')
     return text
 
 
