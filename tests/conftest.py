@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -41,6 +42,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def http_get(
+    port: int, host: str, path: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    """One GET to 127.0.0.1:`port` with this Host: status, body and headers (lowercase names)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host, **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
 
 
 def pid_alive(pid: int) -> bool:

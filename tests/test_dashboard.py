@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.browser import ARTIFACTS, launch, need_chromium
-from tests.conftest import Project, wait_until
+from tests.conftest import Project, http_get, wait_until
 
 try:
     from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
@@ -169,14 +168,7 @@ def dashboard(browser: Browser) -> Iterator[Callable[[Project], Dashboard]]:
 
 def proxy_get(port: int, host: str) -> int:
     """The status of one GET / through the proxy for this Host."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/", headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+    return http_get(port, host)[0]
 
 
 @contextlib.contextmanager

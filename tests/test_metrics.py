@@ -4,7 +4,6 @@ and every query of the Grafana dashboard evaluates against what devmesh exports.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
 import threading
@@ -16,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Project, wait_until
+from tests.conftest import Project, http_get, wait_until
 from tests.prometheus import (
     PrometheusServer,
     dashboard,
@@ -30,14 +29,7 @@ from tests.prometheus import (
 
 def get(port: int, host: str) -> int:
     """The status of one GET / through the proxy with this Host header."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/", headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+    return http_get(port, host)[0]
 
 
 def answers(port: int, host: str) -> bool:

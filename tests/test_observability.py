@@ -11,6 +11,7 @@ from typing import Any
 from devmesh.metrics import DURATION_BUCKETS, ProxyMetrics
 from devmesh.proxy.stats import RequestStats
 from tests.conftest import Project, wait_until
+from tests.conftest import http_get as get
 from tests.otlp_receiver import OtlpReceiver
 
 # Answers every GET with what it received: path and headers, as JSON.
@@ -30,19 +31,6 @@ class H(BaseHTTPRequestHandler):
         pass
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 """
-
-
-def get(
-    port: int, host: str, path: str = "/", headers: dict[str, str] | None = None
-) -> tuple[int, bytes, dict[str, str]]:
-    """One GET through the proxy on loopback."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Host": host, **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
 
 
 def echo_project(project: Project, extra: str = "") -> None:
