@@ -247,3 +247,21 @@ def test_dashboard_url_in_status_and_the_loopback_port_refuses_other_sites(
     same = {"Origin": f"http://127.0.0.1:{port}"}
     assert call("POST", "/v1/services/web/restart", same) == 200
     wait_until(lambda: project.service("web")["pid"] not in (pid, None), 20, "a new web pid")
+
+
+def test_json_request_lines_on_stdout_for_a_pipe(project: Project) -> None:
+    echo_project(project, '[log]\nrequests = "stdout"\nformat = "json"')
+    run = project.up()
+    project.wait_state("web", "running")
+    wait_until(lambda: get(project.proxy_port, "web.localhost")[0] == 200, 20, "web to answer")
+    get(project.proxy_port, "web.localhost", "/piped")
+
+    def piped() -> dict[str, Any] | None:
+        for line in run.text().splitlines():
+            if line.startswith("{") and '"/piped"' in line:
+                parsed: dict[str, Any] = json.loads(line)  # a whole JSON line, no prefix
+                return parsed
+        return None
+
+    line = wait_until(piped, 10, "the request line on devmesh's output")
+    assert (line["service"], line["status"], line["method"]) == ("web", 200, "GET")
