@@ -81,6 +81,15 @@ class ProxyMetrics:
             "Requests sent again to another copy after one failed, by service.",
             ("service",),
         )
+        from prometheus_client import Gauge
+
+        # Summed over the live proxy workers; a dead worker's value goes with it.
+        self.connections = Gauge(
+            "devmesh_proxy_connections",
+            "Open client connections of the proxy, WebSocket and other tunnels included.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
 
     def flush(
         self,

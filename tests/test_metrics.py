@@ -4,6 +4,7 @@ and every query of the Grafana dashboard evaluates against what devmesh exports.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import threading
@@ -177,8 +178,18 @@ def test_counts_outlive_a_killed_proxy_worker_and_start_again_with_devmesh(
     for _ in range(4):
         assert get(project.proxy_port, "api.localhost") == 200
     wait_until(lambda: served() == 5, 10, "5 requests counted")  # 4 and the one waited for
+
+    def connections() -> float | None:
+        return sample(scrape(url), "devmesh_proxy_connections")
+
+    # A client holding a keep-alive connection open is counted by the live worker.
+    held = http.client.HTTPConnection("127.0.0.1", project.proxy_port, timeout=10)
+    held.request("GET", "/", headers={"Host": "api.localhost"})
+    held.getresponse().read()
+    wait_until(lambda: connections() == 1, 10, "the open connection counted")
     worker = next(w for w in project.status()["workers"] if w["name"] == "proxy-1")
     os.kill(worker["pid"], signal.SIGKILL)
+    held.close()
 
     def restarted() -> bool:
         now = next(w for w in project.status()["workers"] if w["name"] == "proxy-1")
@@ -186,8 +197,10 @@ def test_counts_outlive_a_killed_proxy_worker_and_start_again_with_devmesh(
 
     wait_until(restarted, 20, "a new proxy worker")
     wait_until(lambda: answers(project.proxy_port, "api.localhost"), 15, "api served again")
-    # The dead worker's counts stay in the total: a counter never goes down while devmesh runs.
-    wait_until(lambda: served() == 6, 10, "the dead worker's 5 and the new worker's 1")
+    # The dead worker's counts stay in the total: a counter never goes down while devmesh runs;
+    # its gauge went with it (marked dead), or its connection would be counted for ever.
+    wait_until(lambda: served() == 7, 10, "the dead worker's 6 and the new worker's 1")
+    wait_until(lambda: connections() == 0, 10, "the dead worker's connection no longer counted")
     project.cli("down")
     run.proc.wait(20)
     # A new devmesh starts from nothing: the last run's files were wiped.

@@ -76,6 +76,7 @@ class ProxyRole:
         refused = server.refused - self._refused
         if stats or refused:
             self.metrics.flush(stats.counts, stats.times, refused, stats.retries)
+        self.metrics.connections.set(len(server.connections) + len(server.tunnels))
         if refused:
             self._refused = server.refused
             self.runtime.send(m.ProxyStats(worker=self.runtime.name, refused=server.refused))
