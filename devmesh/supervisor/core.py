@@ -52,6 +52,7 @@ from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, STARTUP_LIMIT, WorkerHandle, WorkerSpec
 
 TICK = 1.0  # the loop wakes at least this often: heartbeat checks, and reaping as a fallback
+STATE_CHECK = 0.05  # seconds between looks for a state change to push to the dashboard
 DASHBOARD_PORT = 8081  # the dashboard's port when [dashboard] port is not set (or the next free)
 WORKER_STOP_GRACE = 3.0
 
@@ -105,6 +106,8 @@ class Supervisor:
         self._worker_env: dict[str, str] = {}
         self._state_key: object = None
         self._state_at = 0.0
+        self._state_checked = 0.0
+        self._state_wake = False
         self._proxy_sock: socket.socket | None = None
         self._proxy_key: tuple[object, ...] | None = None  # port, workers and settings served
         self._routes: RouteTable | None = None
@@ -639,12 +642,24 @@ class Supervisor:
             else:  # matched no service
                 self.logs.system(block.decode("utf-8", "replace"))
 
+    def _state_woken(self) -> None:
+        self._state_wake = False
+
     def _push_state(self) -> None:
         """Send the control worker the node's state when it changed, and once a second."""
         handle = self.workers.get("control")
         if handle is None or handle.state is not WorkerState.RUNNING:
             self._state_key = None  # a restarted one gets the state as soon as it is ready
             return
+        now = time.monotonic()
+        if now - self._state_checked < STATE_CHECK and self._state_key is not None:
+            # A busy loop (a chatty service) looks at most this often, and a quiet one wakes
+            # for the look it skipped.
+            if not self._state_wake:
+                self._state_wake = True
+                self.at(self._state_checked + STATE_CHECK, self._state_woken)
+            return
+        self._state_checked = now
         key = (
             self._routes.version if self._routes else 0,
             tuple(
@@ -656,7 +671,6 @@ class Supervisor:
             self.shutting_down,
             tuple(w.state for w in self.workers.values()),
         )
-        now = time.monotonic()
         if key == self._state_key and now - self._state_at < TICK:
             return
         self._state_key, self._state_at = key, now
