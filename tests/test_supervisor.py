@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -725,3 +726,28 @@ def test_a_stop_does_not_wait_for_zombies(project: Project) -> None:
     assert result.returncode == 0, result.stderr
     assert "stopped" in result.stdout
     assert elapsed < 1.5, f"stop took {elapsed:.2f}s"
+
+
+def test_workers_survive_messages_larger_than_the_pipe_buffer(project: Project) -> None:
+    # 250 services make the state for the control worker and the route table for the proxy
+    # worker several hundred KB: far more than a socket buffer, so they arrive in many reads.
+    project.toml(
+        "\n".join(
+            f'[services.service-with-a-long-name-{i}]\ncommand = "sleep 600"\nstart_secs = "0s"\n'
+            for i in range(250)
+        )
+    )
+    run = project.up(timeout=60)
+
+    def all_running() -> bool:
+        return all(s["state"] == "running" for s in project.status()["services"])
+
+    wait_until(all_running, 60, "250 services running", step=0.2)
+    # The whole state goes to the control worker at least once a second: watch for three.
+    dashboard = project.status()["node"]["dashboard"]["url"]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(dashboard + "v1/status", timeout=10) as response:
+            workers = json.load(response)["workers"]
+        assert all(w["restarts"] == 0 for w in workers), workers
+    assert "died" not in run.text(), run.text()[-2000:]

@@ -36,7 +36,9 @@ class ProxyRole:
         self.runtime = runtime
         self.sock = sock
         self.server = ProxyServer(settings, RouteTable(version=0, proxy_port=settings.proxy_port))
-        self.metrics = ProxyMetrics()
+        # Made at the first report, a second in: prometheus-client's import (about 40 ms of
+        # CPU) stays out of the start, when the services need the cores.
+        self.metrics: ProxyMetrics | None = None
         self._stop = asyncio.Event()
         self._refused = 0
         # `[log] requests`: "off", "stdout" or "service" (through the parent), or a file path.
@@ -59,9 +61,9 @@ class ProxyRole:
         if self.server.requests is not None:
             self._lines = loop.call_later(LINES_INTERVAL, self._write_lines)
         while not self._stop.is_set():
-            self._report()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), STATS_INTERVAL)
+            self._report()
         await self.server.shutdown()
         self._report()
         if self._lines is not None:
@@ -74,9 +76,12 @@ class ProxyRole:
         server = self.server
         stats = server.stats.take()
         refused = server.refused - self._refused
+        metrics = self.metrics
+        if metrics is None:
+            metrics = self.metrics = ProxyMetrics()
         if stats or refused:
-            self.metrics.flush(stats.counts, stats.times, refused, stats.retries)
-        self.metrics.connections.set(len(server.connections) + len(server.tunnels))
+            metrics.flush(stats.counts, stats.times, refused, stats.retries)
+        metrics.connections.set(len(server.connections) + len(server.tunnels))
         if refused:
             self._refused = server.refused
             self.runtime.send(m.ProxyStats(worker=self.runtime.name, refused=server.refused))

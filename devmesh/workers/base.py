@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -39,7 +40,14 @@ RoleFactory = Callable[["WorkerRuntime", m.Configure, list[socket.socket]], Role
 
 
 class WorkerRuntime:
-    """The link to the parent: send messages, receive them on the loop, heartbeat."""
+    """The link to the parent: send messages, receive them on the loop, heartbeat.
+
+    The pipe stays a blocking socket, read by a thread of its own: a message larger than the
+    socket buffer (the state of 250 services, a big route table) arrives in many reads, and
+    an event loop's reader (libuv makes the fd non-blocking) would see it half there. The
+    thread hands each whole message to the loop. Sends come from the loop and may wait for
+    the parent to read, which it always does (it never waits on a worker).
+    """
 
     def __init__(self, name: str, conn: Connection) -> None:
         self.name = name
@@ -48,16 +56,16 @@ class WorkerRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def send(self, msg: m.WorkerMessage) -> None:
-        """Send one message to the parent (small messages: the pipe buffer takes them whole)."""
+        """Send one message to the parent."""
         try:
             self.conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, OSError):
             self._parent_gone()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start reading parent messages and heartbeating on `loop`."""
+        """Start reading parent messages (for `loop`) and heartbeating on `loop`."""
         self._loop = loop
-        loop.add_reader(self.conn.fileno(), self._on_readable)
+        threading.Thread(target=self._read, name="parent-pipe", daemon=True).start()
         self._beat()
 
     def _beat(self) -> None:
@@ -65,17 +73,23 @@ class WorkerRuntime:
         assert self._loop is not None
         self._loop.call_later(HEARTBEAT_INTERVAL, self._beat)
 
-    def _on_readable(self) -> None:
+    def _read(self) -> None:
+        """The pipe's thread: whole messages to the loop, in order, until the parent is gone."""
+        assert self._loop is not None
         try:
-            while self.conn.poll():
-                msg = self.conn.recv()
-                if isinstance(msg, m.Stop):
-                    if self.role is not None:
-                        self.role.stop()
-                elif self.role is not None:
-                    self.role.handle(msg)
+            while True:
+                self._loop.call_soon_threadsafe(self._dispatch, self.conn.recv())
         except (EOFError, OSError):
             self._parent_gone()
+        except RuntimeError:  # the loop is closed: the worker is exiting anyway
+            return
+
+    def _dispatch(self, msg: m.ParentMessage) -> None:
+        if isinstance(msg, m.Stop):
+            if self.role is not None:
+                self.role.stop()
+        elif self.role is not None:
+            self.role.handle(msg)
 
     def _parent_gone(self) -> None:
         # Nobody is left to report to and every client was the parent's: leave now.
