@@ -265,3 +265,27 @@ def test_json_request_lines_on_stdout_for_a_pipe(project: Project) -> None:
 
     line = wait_until(piped, 10, "the request line on devmesh's output")
     assert (line["service"], line["status"], line["method"]) == ("web", 200, "GET")
+
+
+def test_span_export_without_the_otel_extra_is_a_clear_error(project: Project) -> None:
+    # The otel extra is installed for the tests, so its absence is simulated: a plain
+    # `opentelemetry` package first on the path hides the real namespace package's modules.
+    fake = project.root.parent / "no-otel"
+    (fake / "opentelemetry").mkdir(parents=True)
+    (fake / "opentelemetry" / "__init__.py").write_text("")
+    project.env["PYTHONPATH"] = f"{fake}:{project.env['PYTHONPATH']}"
+    echo_project(project, '[tracing]\notlp_endpoint = "http://127.0.0.1:4318"')
+    refused = project.cli("up")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "tracing.otlp_endpoint: OTLP export needs the otel extra" in refused.stderr
+    assert "pip install 'devmesh[otel]'" in refused.stderr
+    # Turned on by a reload instead: the proxy says why and serves on, without spans.
+    echo_project(project)
+    run = project.up()
+    project.wait_state("web", "running")
+    port = project.proxy_port
+    wait_until(lambda: get(port, "web.localhost")[0] == 200, 20, "web to answer")
+    echo_project(project, '[tracing]\notlp_endpoint = "http://127.0.0.1:4318"')
+    wait_until(lambda: "no span export" in run.text(), 20, "the proxy's error line")
+    assert get(port, "web.localhost")[0] == 200
+    assert "died" not in run.text()

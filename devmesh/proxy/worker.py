@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from typing import Any
@@ -23,6 +24,7 @@ from devmesh.proxy.stats import RequestLog
 from devmesh.proxy.table import RouteTable
 from devmesh.workers.base import WorkerRuntime
 
+log = logging.getLogger("devmesh.proxy")
 STATS_INTERVAL = 1.0  # how often the counters go to the metric files and the parent
 LINES_INTERVAL = 0.1  # how long a request line may wait to be written
 
@@ -121,9 +123,12 @@ def make_role(
     )
     role.log_requests(settings.get("request_format") == "json")
     if settings.get("otlp_endpoint"):
-        role.server.spans = load_span_export(
-            str(settings["otlp_endpoint"]),
-            str(settings.get("node", "")),
-            headers=settings.get("otlp_headers") or None,
-        )
+        try:
+            role.server.spans = load_span_export(
+                str(settings["otlp_endpoint"]),
+                str(settings.get("node", "")),
+                headers=settings.get("otlp_headers") or None,
+            )
+        except (RuntimeError, ValueError) as exc:  # a reload asked for it without the extra
+            log.error("no span export: %s", exc)  # the proxy serves on without
     return role

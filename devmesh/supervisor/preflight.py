@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable
 
 from devmesh.config.model import Config
 from devmesh.supervisor import procs
+
+
+def otel_installed() -> bool:
+    """Whether the OpenTelemetry packages of the `otel` extra can be imported."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def preflight(config: Config, names: Iterable[str]) -> list[str]:
@@ -18,6 +30,11 @@ def preflight(config: Config, names: Iterable[str]) -> list[str]:
         errors.append(
             f"{file}: proxy.port: port {config.proxy.port} is already in use by {who}; "
             "stop that process or set [proxy] port to another port"
+        )
+    if config.tracing.otlp_endpoint and not otel_installed():
+        errors.append(
+            f"{file}: tracing.otlp_endpoint: OTLP export needs the otel extra; "
+            "pip install 'devmesh[otel]', or remove otlp_endpoint"
         )
     dashboard = config.dashboard
     if dashboard.enabled and dashboard.port is not None:
