@@ -289,3 +289,20 @@ def test_span_export_without_the_otel_extra_is_a_clear_error(project: Project) -
     wait_until(lambda: "no span export" in run.text(), 20, "the proxy's error line")
     assert get(port, "web.localhost")[0] == 200
     assert "died" not in run.text()
+
+
+def test_a_request_lines_file_that_cannot_be_written(project: Project) -> None:
+    echo_project(project, '[log]\nrequests = "no/such/dir/requests.jsonl"')
+    refused = project.cli("up")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "log.requests: cannot write request lines in" in refused.stderr
+    # Pointed there by a reload: the proxy says why and serves on.
+    echo_project(project)
+    run = project.up()
+    project.wait_state("web", "running")
+    port = project.proxy_port
+    wait_until(lambda: get(port, "web.localhost")[0] == 200, 20, "web to answer")
+    echo_project(project, '[log]\nrequests = "no/such/dir/requests.jsonl"')
+    wait_until(lambda: "no request lines" in run.text(), 20, "the proxy's error line")
+    assert get(port, "web.localhost")[0] == 200
+    assert "died" not in run.text()

@@ -53,7 +53,11 @@ class ProxyRole:
         if self.requests == "off":
             return
         if self.requests not in ("stdout", "service"):
-            self._file = os.open(self.requests, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                self._file = os.open(self.requests, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:  # a reload pointed it somewhere it cannot write
+                log.error("no request lines: %s: %s", self.requests, exc.strerror or exc)
+                return  # the proxy serves on without them
         self.server.requests = RequestLog(json_lines)
 
     async def serve(self) -> None:

@@ -36,6 +36,15 @@ def preflight(config: Config, names: Iterable[str]) -> list[str]:
             f"{file}: tracing.otlp_endpoint: OTLP export needs the otel extra; "
             "pip install 'devmesh[otel]', or remove otlp_endpoint"
         )
+    requests = config.log.requests
+    if requests not in ("off", "stdout", "service"):
+        folder = (config.root / requests).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            errors.append(
+                f"{file}: log.requests: cannot write request lines in {folder} (no such "
+                'directory, or not writable); create it, or use another path, "service", '
+                '"stdout" or "off"'
+            )
     dashboard = config.dashboard
     if dashboard.enabled and dashboard.port is not None:
         who = procs.port_holder(dashboard.port)
