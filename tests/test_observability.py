@@ -217,7 +217,7 @@ def test_dashboard_url_in_status_and_the_loopback_port_refuses_other_sites(
     project: Project,
 ) -> None:
     echo_project(project)
-    project.up()
+    run = project.up()
     status = project.status()
     url = status["node"]["dashboard"]["url"]
     assert url.startswith("http://127.0.0.1:") and status["node"]["dashboard"]["metrics"]
@@ -247,6 +247,10 @@ def test_dashboard_url_in_status_and_the_loopback_port_refuses_other_sites(
     same = {"Origin": f"http://127.0.0.1:{port}"}
     assert call("POST", "/v1/services/web/restart", same) == 200
     wait_until(lambda: project.service("web")["pid"] not in (pid, None), 20, "a new web pid")
+    # Its socket is bound at start: a changed port is not applied by a reload, and says so.
+    echo_project(project, "[dashboard]\nport = 1")
+    wait_until(lambda: "[dashboard] changed" in run.text(), 20, "the reload's warning")
+    assert project.status()["node"]["dashboard"]["url"] == url
 
 
 def test_json_request_lines_on_stdout_for_a_pipe(project: Project) -> None:

@@ -520,6 +520,12 @@ class Supervisor:
         if self.proxy_only:
             new = replace(new, services={})
         change = diff(self.config, new)
+        if new.dashboard != self.config.dashboard:
+            # Its socket was bound at start; the rest of the new config applies now.
+            self.logs.system(
+                "[dashboard] changed: it applies when devmesh restarts", level=logging.WARNING
+            )
+            self.config = replace(self.config, dashboard=new.dashboard)
         if change.empty:
             return
         self.logs.system(f"config reloaded: {change.describe()}")
