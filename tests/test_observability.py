@@ -310,3 +310,13 @@ def test_a_request_lines_file_that_cannot_be_written(project: Project) -> None:
     wait_until(lambda: "no request lines" in run.text(), 20, "the proxy's error line")
     assert get(port, "web.localhost")[0] == 200
     assert "died" not in run.text()
+
+
+def test_dashboard_off(project: Project) -> None:
+    echo_project(project, "[dashboard]\nenabled = false")
+    run = project.up()
+    assert project.status()["node"]["dashboard"] == {"url": None, "metrics": None}
+    refused = project.cli("dashboard", "--no-open")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "devmesh: the dashboard is off ([dashboard] enabled = false)"
+    assert "dashboard http" not in run.text()
