@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from devmesh.supervisor.watchdog_main import scan_proc
 
 _PR_SET_PDEATHSIG = 1
@@ -196,7 +194,10 @@ def scan_marked(node_id: str) -> dict[str, list[int]]:
 
 
 def _scan_marked_psutil(node_id: str) -> dict[str, list[int]]:
-    # Without /proc (macOS): slower, but the same answer.
+    # Without /proc (macOS): slower, but the same answer. psutil is imported where it is used:
+    # the workers import this module and need none of it.
+    import psutil
+
     found: dict[str, list[int]] = {}
     prefix = node_id + "."
     for proc in psutil.process_iter():
@@ -256,6 +257,8 @@ def port_holder(port: int) -> str | None:
 
 
 def _who_listens(port: int) -> str | None:
+    import psutil
+
     try:
         conns = psutil.net_connections(kind="inet")
     except (psutil.Error, OSError):
