@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from devmesh.proxy.table import RouteTable
 
-PROTOCOL = 5
+PROTOCOL = 6
 
 
 # ---- worker -> parent ----
@@ -155,6 +155,7 @@ class StateUpdate:
     status: dict[str, Any]
     peers: dict[str, Any]
     routes: dict[str, Any]
+    probes: dict[str, Any]  # health probe counts and latencies (`metrics.ProbeStats`)
     kind: Literal["state_update"] = "state_update"
 
 

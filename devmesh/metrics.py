@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,56 +118,30 @@ class ProxyMetrics:
             self.retries.labels(service).inc(n)
 
 
-class HealthMetrics:
-    """The health worker's probe counts and latencies."""
+class ProbeStats:
+    """Health probe counts and latencies, kept by the parent (which gets every result anyway)
+    and shown by the control worker: the health worker imports no prometheus-client."""
 
     def __init__(self) -> None:
-        self.probes = _counter(
-            "devmesh_health_probes_total",
-            "Health probes run, by service, check (http, tcp, cmd) and result (ok, fail).",
-            ("service", "check", "result"),
-        )
-        self.duration = _histogram(
-            "devmesh_health_probe_duration_seconds",
-            "How long health probes took, by service and check.",
-            ("service", "check"),
-            PROBE_BUCKETS,
-        )
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.cells: dict[tuple[str, str], list[float]] = {}
 
-    def probed(self, service: str, check: str, ok: bool, seconds: float) -> None:
+    def record(self, service: str, check: str, ok: bool, seconds: float) -> None:
         """One probe's result."""
-        self.probes.labels(service, check, "ok" if ok else "fail").inc()
-        self.duration.labels(service, check).observe(seconds)
+        key = (service, check, "ok" if ok else "fail")
+        self.counts[key] = self.counts.get(key, 0) + 1
+        cells = self.cells.get((service, check))
+        if cells is None:
+            cells = self.cells[(service, check)] = [0.0] * (len(PROBE_BUCKETS) + 2)
+        cells[bisect_left(PROBE_BUCKETS, seconds)] += 1
+        cells[-1] += seconds
 
-
-class DiscoveryMetrics:
-    """The discovery worker's packet counts."""
-
-    def __init__(self) -> None:
-        self.received = _counter(
-            "devmesh_discovery_packets_received_total", "Discovery datagrams received."
-        )
-        self.rejected = _counter(
-            "devmesh_discovery_packets_rejected_total",
-            "Discovery datagrams dropped, by reason (malformed, version, namespace, stale, ...).",
-            ("reason",),
-        )
-        self.sent = _counter(
-            "devmesh_discovery_announcements_sent_total", "Announcements sent (every part counts)."
-        )
-        self._seen: dict[str, int] = {}
-
-    def sync(self, received: int, sent: int, dropped: Mapping[str, int]) -> None:
-        """Bring the counters up to the worker's own running counts."""
-        for key, value, counter in (
-            ("received", received, self.received),
-            ("sent", sent, self.sent),
-            *((f"dropped:{r}", n, self.rejected.labels(r)) for r, n in dropped.items()),
-        ):
-            grown = value - self._seen.get(key, 0)
-            if grown > 0:
-                counter.inc(grown)
-                self._seen[key] = value
+    def snapshot(self) -> dict[str, Any]:
+        """Everything so far, as plain data for a `StateUpdate`."""
+        return {
+            "counts": [[*key, n] for key, n in self.counts.items()],
+            "latency": [[*key, list(cells)] for key, cells in self.cells.items()],
+        }
 
 
 # ---- /metrics ----
@@ -214,6 +189,59 @@ class StateCollector:
         count = GaugeMetricFamily("devmesh_peers", "Peers of this namespace seen on the LAN.")
         count.add_metric([], len(live))
         yield count
+        yield from _probes(state.get("probes") or {})
+        yield from _discovery(peers.get("stats") or {})
+
+
+def _probes(probes: Mapping[str, Any]) -> Iterator[Metric]:
+    """The parent's `ProbeStats.snapshot()` as Prometheus metrics."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+    from prometheus_client.utils import floatToGoString
+
+    probes_total = CounterMetricFamily(
+        "devmesh_health_probes",
+        "Health probes run, by service, check (http, tcp, cmd) and result (ok, fail).",
+        labels=["service", "check", "result"],
+    )
+    for service, check, result, n in probes.get("counts", ()):
+        probes_total.add_metric([service, check, result], n)
+    yield probes_total
+    latency = HistogramMetricFamily(
+        "devmesh_health_probe_duration_seconds",
+        "How long health probes took, by service and check.",
+        labels=["service", "check"],
+    )
+    for service, check, cells in probes.get("latency", ()):
+        running, buckets = 0.0, []
+        for bound, n in zip((*PROBE_BUCKETS, float("inf")), cells[:-1], strict=True):
+            running += n
+            buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+        latency.add_metric([service, check], buckets, cells[-1])
+    yield latency
+
+
+def _discovery(stats: Mapping[str, Any]) -> Iterator[Metric]:
+    """The discovery worker's counters (in `devmesh peers --json`) as Prometheus metrics;
+    none while discovery is off."""
+    from prometheus_client.core import CounterMetricFamily
+
+    if not stats:
+        return
+    for name, key, doc in (
+        ("devmesh_discovery_packets_received", "received", "Discovery datagrams received."),
+        ("devmesh_discovery_announcements_sent", "sent", "Announcements sent (each part)."),
+    ):
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], stats.get(key, 0))
+        yield counter
+    rejected = CounterMetricFamily(
+        "devmesh_discovery_packets_rejected",
+        "Discovery datagrams dropped, by reason (malformed, version, other_namespace, stale, ...).",
+        labels=["reason"],
+    )
+    for reason, n in (stats.get("dropped") or {}).items():
+        rejected.add_metric([reason], n)
+    yield rejected
 
 
 def render(state: Callable[[], Mapping[str, Any] | None], directory: str) -> bytes:

@@ -531,6 +531,11 @@ def test_trace_id_and_request_lines_across_peers(
     counted = f'devmesh_requests_total{{code="200",method="GET",peer="{a_node}",service="api"}} 1.0'
     text = wait_until(lambda: next((t for t in [metrics()] if counted in t), None), 10, "metrics")
     assert f'devmesh_service_up{{service="api",source="{a_node}"}} 1.0' in text
+    assert "devmesh_peers 1.0" in text
+    received = next(
+        line for line in text.splitlines() if line.startswith("devmesh_discovery_packets_received")
+    )
+    assert float(received.split()[-1]) > 0
 
 
 def test_spans_of_both_proxies_join_one_trace(new_project: Callable[[], Project], lab: Lab) -> None:

@@ -121,6 +121,14 @@ def test_metrics_pass_promtool_and_count_requests(api: Project) -> None:
     assert sample(text, "devmesh_service_restarts_total", service="api") == 0
     assert sample(text, "devmesh_build_info", version=node["version"]) == 1
     assert sample(text, "devmesh_peers") == 0
+    # Health probes (api has no `health`: its port is checked for readiness, "tcp"): counted
+    # by the parent from every result, with their latency histogram.
+    probed = sample(text, "devmesh_health_probes_total", service="api", check="tcp", result="ok")
+    timed = sample(text, "devmesh_health_probe_duration_seconds_count", service="api", check="tcp")
+    assert probed is not None and probed >= 1 and timed == probed
+    assert sample(text, "devmesh_health_probe_duration_seconds_bucket", le="+Inf") == probed
+    # Discovery is off in these tests: no discovery metrics rather than false zeros.
+    assert sample(text, "devmesh_discovery_packets_received_total") is None
 
 
 def test_prometheus_scrapes_devmesh_and_the_dashboard_has_data(api: Project, traffic: None) -> None:

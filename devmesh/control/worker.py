@@ -106,7 +106,9 @@ class ControlRole:
     def state_document(self) -> dict[str, Any] | None:
         """The latest state as one document: status, peers and routes."""
         s = self.state
-        return None if s is None else {"status": s.status, "peers": s.peers, "routes": s.routes}
+        if s is None:
+            return None
+        return {"status": s.status, "peers": s.peers, "routes": s.routes, "probes": s.probes}
 
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: every worker's metrics and the node's state, for Prometheus."""

@@ -21,7 +21,6 @@ from typing import Any
 from devmesh import messages as m
 from devmesh.discovery.packet import BYE, HELLO, Announcement, ServiceInfo, encode
 from devmesh.discovery.peers import PeerTable
-from devmesh.metrics import DiscoveryMetrics
 from devmesh.workers.base import WorkerRuntime
 
 log = logging.getLogger("devmesh.discovery")
@@ -73,7 +72,6 @@ class DiscoveryRole:
             name=str(settings.get("name", "")),
         )
         self.table = PeerTable(self.me.node, self.me.namespace)
-        self.metrics = DiscoveryMetrics()
         self.errors = 0  # failed sends and socket errors
         self.sent = 0
         self._socks: list[socket.socket] = []
@@ -157,7 +155,6 @@ class DiscoveryRole:
             "dropped": dict(self.table.dropped),
         }
         self.runtime.send(m.PeersUpdate(peers=peers, stats=stats))
-        self.metrics.sync(self.table.received, self.sent, self.table.dropped)
         self._reported = now
 
     async def _measure(self) -> None:

@@ -9,17 +9,14 @@ results mean (thresholds, the start period) is decided by the parent (`health.po
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 
 from devmesh import messages as m
 from devmesh.health.probes import probe
-from devmesh.metrics import HealthMetrics
 from devmesh.workers.base import WorkerRuntime
 
 FAST = 0.25  # seconds between probes of a run that has not answered yet
-METRICS_INTERVAL = 1.0  # how often probe results go to the metric files
 
 
 class HealthRole:
@@ -28,27 +25,13 @@ class HealthRole:
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        # Probe results for the metric files, written once a second; the metrics are made at
-        # the first write, so prometheus-client's import stays out of the start.
-        self.results: list[tuple[str, str, bool, float]] = []
-        self.metrics: HealthMetrics | None = None
         self._stop = asyncio.Event()
 
     async def serve(self) -> None:
         """Run until stopped."""
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), METRICS_INTERVAL)
-            self._write_metrics()
+        await self._stop.wait()
         for task in self.tasks.values():
             task.cancel()
-
-    def _write_metrics(self) -> None:
-        if self.metrics is None:
-            self.metrics = HealthMetrics()
-        results, self.results = self.results, []
-        for service, check, ok, latency in results:
-            self.metrics.probed(service, check, ok, latency)
 
     def handle(self, msg: m.ParentMessage) -> None:
         """A new plan: start the probes it adds, stop the ones it drops."""
@@ -72,7 +55,6 @@ class HealthRole:
             started = time.monotonic()
             result = await probe(t.check, t.target, t.timeout, t.cwd)
             latency = time.monotonic() - started
-            self.results.append((t.service, t.check, result.ok, latency))
             self.runtime.send(
                 m.HealthResult(t.service, t.generation, result.ok, result.detail, latency)
             )

@@ -30,7 +30,7 @@ from devmesh.config import ConfigError, load
 from devmesh.config.model import Config
 from devmesh.health.probes import expand
 from devmesh.logs.writer import LogSink
-from devmesh.metrics import prepare_dir, worker_died
+from devmesh.metrics import ProbeStats, prepare_dir, worker_died
 from devmesh.namespace import resolve_namespace
 from devmesh.paths import ProjectPaths
 from devmesh.proxy.table import RouteTable
@@ -107,6 +107,7 @@ class Supervisor:
         self._state_key: object = None
         self._state_at = 0.0
         self._state_checked = 0.0
+        self.probe_stats = ProbeStats()  # for /metrics (the health worker sends every result)
         self._state_wake = False
         self._proxy_sock: socket.socket | None = None
         self._proxy_key: tuple[object, ...] | None = None  # port, workers and settings served
@@ -472,6 +473,8 @@ class Supervisor:
         svc = self.svcs.services.get(msg.service)
         if svc is None or svc.health is None or svc.instance != msg.generation:
             return  # a run that has ended
+        check = svc.config.health.kind if svc.config.health else "tcp"
+        self.probe_stats.record(svc.name, check, msg.ok, msg.latency)
         if not svc.health.record(msg.ok, msg.detail, msg.latency, time.monotonic()):
             return
         status = svc.health.status.value
@@ -682,7 +685,10 @@ class Supervisor:
         self._state_key, self._state_at = key, now
         handle.send(
             m.StateUpdate(
-                status=self.status(), peers=self.peers_document(), routes=self.routes_document()
+                status=self.status(),
+                peers=self.peers_document(),
+                routes=self.routes_document(),
+                probes=self.probe_stats.snapshot(),
             )
         )
 
