@@ -271,6 +271,24 @@ def test_json_request_lines_on_stdout_for_a_pipe(project: Project) -> None:
     assert (line["service"], line["status"], line["method"]) == ("web", 200, "GET")
 
 
+def refused_then_survived(project: Project, extra: str, refusal: str, proxy_says: str) -> None:
+    """`devmesh up` with `extra` in devmesh.toml refuses with `refusal` (no traceback); the
+    same turned on by a hot reload makes the proxy say `proxy_says` and serve on."""
+    echo_project(project, extra)
+    refused = project.cli("up")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refusal in refused.stderr, refused.stderr
+    echo_project(project)
+    run = project.up()
+    project.wait_state("web", "running")
+    port = project.proxy_port
+    wait_until(lambda: get(port, "web.localhost")[0] == 200, 20, "web to answer")
+    echo_project(project, extra)
+    wait_until(lambda: proxy_says in run.text(), 20, "the proxy's error line")
+    assert get(port, "web.localhost")[0] == 200
+    assert "died" not in run.text()
+
+
 def test_span_export_without_the_otel_extra_is_a_clear_error(project: Project) -> None:
     # The otel extra is installed for the tests, so its absence is simulated: a plain
     # `opentelemetry` package first on the path hides the real namespace package's modules.
@@ -278,38 +296,21 @@ def test_span_export_without_the_otel_extra_is_a_clear_error(project: Project) -
     (fake / "opentelemetry").mkdir(parents=True)
     (fake / "opentelemetry" / "__init__.py").write_text("")
     project.env["PYTHONPATH"] = f"{fake}:{project.env['PYTHONPATH']}"
-    echo_project(project, '[tracing]\notlp_endpoint = "http://127.0.0.1:4318"')
-    refused = project.cli("up")
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "tracing.otlp_endpoint: OTLP export needs the otel extra" in refused.stderr
-    assert "pip install 'devmesh[otel]'" in refused.stderr
-    # Turned on by a reload instead: the proxy says why and serves on, without spans.
-    echo_project(project)
-    run = project.up()
-    project.wait_state("web", "running")
-    port = project.proxy_port
-    wait_until(lambda: get(port, "web.localhost")[0] == 200, 20, "web to answer")
-    echo_project(project, '[tracing]\notlp_endpoint = "http://127.0.0.1:4318"')
-    wait_until(lambda: "no span export" in run.text(), 20, "the proxy's error line")
-    assert get(port, "web.localhost")[0] == 200
-    assert "died" not in run.text()
+    refused_then_survived(
+        project,
+        '[tracing]\notlp_endpoint = "http://127.0.0.1:4318"',
+        "tracing.otlp_endpoint: OTLP export needs the otel extra; pip install 'devmesh[otel]'",
+        "no span export",
+    )
 
 
 def test_a_request_lines_file_that_cannot_be_written(project: Project) -> None:
-    echo_project(project, '[log]\nrequests = "no/such/dir/requests.jsonl"')
-    refused = project.cli("up")
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "log.requests: cannot write request lines in" in refused.stderr
-    # Pointed there by a reload: the proxy says why and serves on.
-    echo_project(project)
-    run = project.up()
-    project.wait_state("web", "running")
-    port = project.proxy_port
-    wait_until(lambda: get(port, "web.localhost")[0] == 200, 20, "web to answer")
-    echo_project(project, '[log]\nrequests = "no/such/dir/requests.jsonl"')
-    wait_until(lambda: "no request lines" in run.text(), 20, "the proxy's error line")
-    assert get(port, "web.localhost")[0] == 200
-    assert "died" not in run.text()
+    refused_then_survived(
+        project,
+        '[log]\nrequests = "no/such/dir/requests.jsonl"',
+        "log.requests: cannot write request lines in",
+        "no request lines",
+    )
 
 
 def test_dashboard_off(project: Project) -> None:
