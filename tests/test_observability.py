@@ -271,7 +271,9 @@ def test_json_request_lines_on_stdout_for_a_pipe(project: Project) -> None:
     assert (line["service"], line["status"], line["method"]) == ("web", 200, "GET")
 
 
-def refused_then_survived(project: Project, extra: str, refusal: str, proxy_says: str) -> None:
+def assert_refused_then_survives_a_reload(
+    project: Project, extra: str, refusal: str, proxy_says: str
+) -> None:
     """`devmesh up` with `extra` in devmesh.toml refuses with `refusal` (no traceback); the
     same turned on by a hot reload makes the proxy say `proxy_says` and serve on."""
     echo_project(project, extra)
@@ -296,7 +298,7 @@ def test_span_export_without_the_otel_extra_is_a_clear_error(project: Project) -
     (fake / "opentelemetry").mkdir(parents=True)
     (fake / "opentelemetry" / "__init__.py").write_text("")
     project.env["PYTHONPATH"] = f"{fake}:{project.env['PYTHONPATH']}"
-    refused_then_survived(
+    assert_refused_then_survives_a_reload(
         project,
         '[tracing]\notlp_endpoint = "http://127.0.0.1:4318"',
         "tracing.otlp_endpoint: OTLP export needs the otel extra; pip install 'devmesh[otel]'",
@@ -305,7 +307,7 @@ def test_span_export_without_the_otel_extra_is_a_clear_error(project: Project) -
 
 
 def test_a_request_lines_file_that_cannot_be_written(project: Project) -> None:
-    refused_then_survived(
+    assert_refused_then_survives_a_reload(
         project,
         '[log]\nrequests = "no/such/dir/requests.jsonl"',
         "log.requests: cannot write request lines in",
