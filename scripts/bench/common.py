@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import os
 import shutil
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +95,30 @@ class DevmeshSource:
     def remove(self) -> None:
         """Delete the copy."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def add_output_options(p: argparse.ArgumentParser, source: str = "head") -> None:
+    """`--markdown` and `--source`, the same in every benchmark (`source`: the default)."""
+    p.add_argument("--markdown", type=Path, help="write the results section to this file")
+    other = "worktree" if source == "head" else "head"
+    what = {"head": "a copy of the last commit", "worktree": "a copy of the working tree"}
+    p.add_argument(
+        "--source",
+        choices=(source, other),
+        default=source,
+        help=f"devmesh to measure: {what[source]} (default) or {what[other]}",
+    )
+
+
+@contextlib.contextmanager
+def devmesh_under_test(kind: str) -> Iterator[DevmeshSource]:
+    """The copy of devmesh a benchmark measures (`--source`), checked and said, then removed."""
+    source = DevmeshSource(kind)
+    try:
+        print(f"devmesh under test: {source.check()} ({source.describe})", flush=True)
+        yield source
+    finally:
+        source.remove()
 
 
 def write_section(path: Path, title: str, section: str) -> None:

@@ -85,6 +85,8 @@ from common import (  # scripts/bench/common.py
     ROOT,
     DevmeshSource,
     Goal,
+    add_output_options,
+    devmesh_under_test,
     verdict,
     write_section,
 )
@@ -1002,11 +1004,6 @@ def markdown(
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Write the section into `path`, replacing an earlier "## Discovery" section."""
-    write_section(path, "Discovery", section)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -1021,13 +1018,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated lab sizes (nodes), default 3,10",
     )
     p.add_argument("--only", choices=("join", "crash", "goodbye"), help="measure one of them")
-    p.add_argument("--markdown", type=Path, help="write the results section to this file")
-    p.add_argument(
-        "--source",
-        choices=("head", "worktree"),
-        default="head",
-        help="devmesh to measure: the last commit (default) or the working tree, copied",
-    )
+    add_output_options(p)
     args = p.parse_args(argv)
     if args.repeat < 1 or not args.sizes or min(args.sizes) < 3 or max(args.sizes) > 50:
         p.error("need --repeat >= 1 and sizes of 3 to 50 nodes")
@@ -1042,14 +1033,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if why is not None:
         print(f"cannot build the lab: {why}", file=sys.stderr)
         return 2
-    SOURCE = DevmeshSource(args.source)
-    try:
-        print(f"devmesh under test: {SOURCE.check()} ({SOURCE.describe})", flush=True)
+    with devmesh_under_test(args.source) as SOURCE:
         SOURCE.compile()
         load_api(SOURCE)
         return measure(args)
-    finally:
-        SOURCE.remove()
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -1105,7 +1092,7 @@ def measure(args: argparse.Namespace) -> int:
         print(f"warning: {results.leftovers} processes were left in the lab and SIGKILLed")
     if args.markdown is not None:
         section = markdown(results, args, info, (load_before, load_after), elapsed)
-        write_markdown(args.markdown, section)
+        write_section(args.markdown, "Discovery", section)
         print(f"\nwrote {args.markdown}")
     return 0 if all(g.passed is not False for g in judged) else 1
 

@@ -79,6 +79,8 @@ from common import (  # scripts/bench/common.py
     ROOT,
     DevmeshSource,
     Goal,
+    add_output_options,
+    devmesh_under_test,
     verdict,
     write_section,
 )
@@ -750,11 +752,6 @@ def reading(results: Results, intervals: Sequence[float], only: str | None) -> l
     return out
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Write the section into `path`, replacing an earlier "## Health" section."""
-    write_section(path, "Health", section)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -769,13 +766,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="active: comma-separated health intervals in seconds (default 5,1)",
     )
     p.add_argument("--only", choices=("active", "passive"), help="measure one of them")
-    p.add_argument("--markdown", type=Path, help="write the results section to this file")
-    p.add_argument(
-        "--source",
-        choices=("head", "worktree"),
-        default="head",
-        help="devmesh to measure: the last commit (default) or the working tree, copied",
-    )
+    add_output_options(p)
     args = p.parse_args(argv)
     if args.repeat < 1 or not args.intervals or min(args.intervals) < 0.1:
         p.error("need --repeat >= 1 and intervals of at least 0.1 s")
@@ -791,14 +782,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if why is not None:
             print(f"cannot build the lab: {why}", file=sys.stderr)
             return 2
-    SOURCE = DevmeshSource(args.source)
-    try:
-        print(f"devmesh under test: {SOURCE.check()} ({SOURCE.describe})", flush=True)
+    with devmesh_under_test(args.source) as SOURCE:
         SOURCE.compile()
         load_api(SOURCE)
         return measure(args)
-    finally:
-        SOURCE.remove()
 
 
 def repeats(case: str, repeat: int, results: Results, once: Callable[[], None]) -> None:
@@ -840,9 +827,8 @@ def measure(args: argparse.Namespace) -> int:
     for item in results.failures:
         print(f"failed repeat: {item}")
     if args.markdown is not None:
-        write_markdown(
-            args.markdown, markdown(results, args, info, (load_before, load_after), took)
-        )
+        section = markdown(results, args, info, (load_before, load_after), took)
+        write_section(args.markdown, "Health", section)
         print(f"\nwrote {args.markdown}")
     return 0 if all(g.passed is not False for g in judged) else 1
 

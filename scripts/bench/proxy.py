@@ -89,6 +89,7 @@ from common import (  # scripts/bench/common.py
     ROOT,
     DevmeshSource,
     Goal,
+    add_output_options,
     verdict,
     write_section,
 )
@@ -1447,11 +1448,6 @@ def markdown(
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Write the section into `path`, replacing an earlier "## Proxy" section."""
-    write_section(path, "Proxy", section)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -1481,14 +1477,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=18080, help="devmesh's port; origin +1, others +2..")
     p.add_argument("--proxy-core", type=int, default=1, help="core of the proxies (default 1)")
     p.add_argument("--client-core", type=int, default=0, help="core of origin and clients")
-    p.add_argument(
-        "--source",
-        choices=("worktree", "head"),
-        default="worktree",
-        help="devmesh to measure: a copy of the working tree (default) or of the last commit",
-    )
     p.add_argument("--profile", type=Path, help="profile devmesh with py-spy into this dir")
-    p.add_argument("--markdown", type=Path, help="write the results section to this file")
+    add_output_options(p, source="worktree")
     args = p.parse_args(argv)
     unknown = set(args.proxies) - set(PROXIES)
     if unknown:
@@ -1594,7 +1584,7 @@ def measure(args: argparse.Namespace, lay: Layout, source: DevmeshSource | None)
         print(line)
     if args.markdown is not None:
         section = markdown(res, args, lay, info, (load_before, load_after), profile)
-        write_markdown(args.markdown, section)
+        write_section(args.markdown, "Proxy", section)
         print(f"\nwrote {args.markdown}")
     return 0 if all(g.passed is not False for g in judged) else 1
 

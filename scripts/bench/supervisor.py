@@ -66,6 +66,8 @@ from common import (  # scripts/bench/common.py
     CALLER_ONLY,
     DevmeshSource,
     Goal,
+    add_output_options,
+    devmesh_under_test,
     verdict,
     write_section,
 )
@@ -1031,11 +1033,6 @@ def markdown(
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Write the section into `path`, replacing an earlier "## Supervisor" section."""
-    write_section(path, "Supervisor", section)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -1052,13 +1049,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(MANAGERS),
         help="comma-separated subset of devmesh,honcho,supervisord",
     )
-    p.add_argument("--markdown", type=Path, help="write the results section to this file")
-    p.add_argument(
-        "--source",
-        choices=("head", "worktree"),
-        default="head",
-        help="devmesh to measure: the last commit (default) or the working tree, copied",
-    )
+    add_output_options(p)
     args = p.parse_args(argv)
     if args.repeat < 1 or args.services <= SMALL_SERVICES or args.lines < LOG_SERVICES:
         p.error(f"need --repeat >= 1, --services > {SMALL_SERVICES}, --lines >= {LOG_SERVICES}")
@@ -1072,13 +1063,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every measured goal passed, 1 otherwise."""
     global SOURCE
     args = parse_args(argv)
-    SOURCE = DevmeshSource(args.source)
-    try:
-        print(f"devmesh under test: {SOURCE.check()} ({SOURCE.describe})", flush=True)
+    with devmesh_under_test(args.source) as SOURCE:
         warm_up(SOURCE)
         return measure(args)
-    finally:
-        SOURCE.remove()
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -1133,7 +1120,9 @@ def measure(args: argparse.Namespace) -> int:
         for item in items[:10]:
             print(f"{manager} output: {item}")
     if args.markdown is not None:
-        write_markdown(args.markdown, markdown(results, args, info, (load_before, load_after)))
+        write_section(
+            args.markdown, "Supervisor", markdown(results, args, info, (load_before, load_after))
+        )
         print(f"\nwrote {args.markdown}")
     return 0 if all(g.passed is not False for g in judged) else 1
 
