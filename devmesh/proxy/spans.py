@@ -15,7 +15,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from devmesh import __version__
@@ -97,8 +97,26 @@ def traces_url(endpoint: str) -> str:
 
 # ---- span export ----
 
-# What `record` queues: the fields of one finished span, turned into a ReadableSpan later.
-_Item = tuple[bytes, bytes, bytes, str, int, int, str, str, int, str, str, str, str, int, str]
+
+class _Item(NamedTuple):
+    """What `record` queues: the fields of one finished span (a ReadableSpan later)."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_id: bytes
+    name: str
+    start_ns: int
+    end_ns: int
+    method: str
+    target: str
+    status: int
+    service: str
+    peer: str
+    host: str
+    client: str
+    bytes_out: int
+    devmesh_trace: str
+
 
 # Methods OTel's HTTP conventions name; others are reported as `_OTHER` plus the original.
 _METHODS = frozenset(
@@ -205,7 +223,7 @@ class SpanExport:
             self.dropped += 1
             return
         queue.append(
-            (
+            _Item(
                 trace_id,
                 span_id,
                 parent_id,
@@ -291,40 +309,22 @@ class SpanExport:
             self.failed += len(spans)
 
     def _span(self, item: _Item) -> ReadableSpan:
-        (
-            trace_hex,
-            span_hex,
-            parent_hex,
-            name,
-            start_ns,
-            end_ns,
-            method,
-            target,
-            status,
-            service,
-            peer,
-            host,
-            client,
-            bytes_out,
-            devmesh_trace,
-        ) = item
-        trace_id = _hex_id(trace_hex, 32)
+        trace_id = _hex_id(item.trace_id, 32)
         context_of, flags = self._span_context, self._sampled
-        context = context_of(trace_id, _hex_id(span_hex, 16), False, flags)
+        context = context_of(trace_id, _hex_id(item.span_id, 16), False, flags)
         # The parent came in a traceparent header (from a client or a peer's proxy): remote.
-        parent = context_of(trace_id, _hex_id(parent_hex, 16), True, flags) if parent_hex else None
+        parent_id = item.parent_id
+        parent = context_of(trace_id, _hex_id(parent_id, 16), True, flags) if parent_id else None
         return self._readable_span(
-            name=name,
+            name=item.name,
             context=context,
             parent=parent,
             resource=self.resource,
-            attributes=_attributes(
-                method, target, status, service, peer, host, client, bytes_out, devmesh_trace
-            ),
+            attributes=_attributes(*item[6:]),
             kind=self._server,
-            status=self._error if status >= 500 or status <= 0 else self._unset,
-            start_time=start_ns,
-            end_time=end_ns,
+            status=self._error if item.status >= 500 or item.status <= 0 else self._unset,
+            start_time=item.start_ns,
+            end_time=item.end_ns,
             instrumentation_scope=self.scope,
         )
 
