@@ -176,9 +176,7 @@ class StateCollector:
             labels=["service"],
         )
         for svc in status.get("services", ()):
-            health = (svc.get("health") or {}).get("status", "")
-            routable = svc.get("state") == "running" and health not in ("unhealthy", "starting")
-            up.add_metric([svc["name"], "local"], 1 if routable else 0)
+            up.add_metric([svc["name"], "local"], 1 if svc.get("routable") else 0)
             restarts.add_metric([svc["name"]], svc.get("restarts", 0))
         live = peers.get("peers", ())
         for peer in live:

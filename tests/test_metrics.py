@@ -215,3 +215,36 @@ def test_counts_outlive_a_killed_proxy_worker_and_start_again_with_devmesh(
     project.up()
     url = project.status()["node"]["dashboard"]["metrics"]
     assert served() == 0
+
+
+def test_service_up_is_what_the_proxy_routes_to(project: Project) -> None:
+    # `slow` runs, but its probe has not said healthy yet (it fails within its start period):
+    # the proxy does not route to it, so it is not up; `api` is.
+    project.toml(
+        """
+        [services.api]
+        command = "python3 -m http.server $PORT --bind 127.0.0.1"
+
+        [services.slow]
+        command = "python3 -m http.server $PORT --bind 127.0.0.1"
+        health = "cmd:false"
+        start_period = "60s"
+        """
+    )
+    project.up()
+    wait_until(lambda: answers(project.proxy_port, "api.localhost"), 15, "api through the proxy")
+    project.wait_state("slow", "running")
+    url = project.status()["node"]["dashboard"]["metrics"]
+
+    def both() -> str | None:
+        text = scrape(url)
+        up = sample(text, "devmesh_service_up", service="api", source="local")
+        return (
+            text
+            if up == 1 and sample(text, "devmesh_service_up", service="slow") is not None
+            else None
+        )
+
+    text = wait_until(both, 10, "both services in /metrics")
+    assert sample(text, "devmesh_service_up", service="slow", source="local") == 0
+    assert get(project.proxy_port, "slow.localhost") == 503

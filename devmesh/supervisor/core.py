@@ -44,6 +44,7 @@ from devmesh.supervisor.routes import (
     describe_routes,
     peer_routes,
     public_state,
+    routable,
     url,
     version_mismatches,
 )
@@ -780,7 +781,8 @@ class Supervisor:
                 },
             },
             "services": [
-                s.snapshot(now) | {"url": url(s.name, self.config.proxy.port)}
+                s.snapshot(now)
+                | {"url": url(s.name, self.config.proxy.port), "routable": routable(s)}
                 for s in self.svcs.services.values()
             ],
             "workers": [w.snapshot() for w in self.workers.values()],

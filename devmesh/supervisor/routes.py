@@ -25,15 +25,24 @@ def public_state(svc: Service) -> str:
     return svc.state.value
 
 
+def is_external(svc: Service) -> bool:
+    """A service devmesh does not run (no command) and nobody runs by hand here."""
+    return svc.config.command is None and svc.by_hand is None
+
+
+def routable(svc: Service) -> bool:
+    """Whether the proxy sends this node's own copy traffic: a run its probes call healthy
+    (an external service is not probed)."""
+    return is_external(svc) or (svc.state in ROUTABLE and svc.healthy)
+
+
 def service_route(svc: Service, tail: Callable[[str, int], list[str]]) -> ServiceRoute:
     """What the proxy needs to know about one service."""
     cfg = svc.config
-    external = cfg.command is None and svc.by_hand is None
-    # Traffic only to a run its probes call healthy (an external service is not probed).
-    routable = external or (svc.state in ROUTABLE and svc.healthy)
+    external = is_external(svc)
     return ServiceRoute(
         name=svc.name,
-        upstream=Upstream("127.0.0.1", svc.port) if routable else None,
+        upstream=Upstream("127.0.0.1", svc.port) if routable(svc) else None,
         state="external" if external else public_state(svc),
         restarts=svc.restarts,
         reason=svc.reason,
