@@ -64,6 +64,27 @@ def client(file: Path | None) -> ControlClient:
     return ControlClient(paths, root)
 
 
+def pick_file(global_file: Path | None, file: Path | None) -> Path | None:
+    """The config file named before the command (`devmesh -f FILE up`) or after it (`up -f
+    FILE`); both at once must agree."""
+    if global_file is not None and file is not None and global_file != file:
+        raise UserError(
+            f"two config files given: -f {global_file} before the command and {file} after it; "
+            "give one",
+            code=2,
+        )
+    return file if file is not None else global_file
+
+
+def service_names(file: Path | None) -> list[str]:
+    """The project's service names for shell completion; none when the config cannot be read
+    (completion must never print an error into the user's prompt)."""
+    try:
+        return list(load(find_project(Path.cwd(), file)).services)
+    except (ConfigError, OSError):
+        return []
+
+
 def check_names(known: Iterable[str], names: Sequence[str]) -> None:
     """UserError for a service name the project does not have."""
     known = list(known)
@@ -521,13 +542,18 @@ def run(file: Path | None, name: str) -> int:
 
 def logs(file: Path | None, names: Sequence[str], *, follow: bool, lines: int | None) -> int:
     """`devmesh logs [SERVICE...] [-f] [-n N]`, read from the log files."""
-    _, paths = locate(file)
+    try:
+        _, paths = locate(file)
+    except ConfigError:
+        _path_for_a_service(names, follow)  # `logs -f FILE`, outside any project
+        raise
     on_disk = reader.services_in(paths.logs)
     try:  # the config's order, when it can be read; the files are what counts
         order = [n for n in load(find_project(Path.cwd(), file)).services if n in on_disk]
     except ConfigError:
         order = []
     order += [n for n in on_disk if n not in order]
+    _path_for_a_service([n for n in names if n not in order], follow)
     check_names(order, names)
     services = list(names) or order
     color = want_color(1)
@@ -552,3 +578,16 @@ def logs(file: Path | None, names: Sequence[str], *, follow: bool, lines: int | 
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     return 0
+
+
+def _path_for_a_service(names: Sequence[str], follow: bool) -> None:
+    """UserError when a name is an existing file or directory: `devmesh logs -f FILE` meant
+    the file (as -f does on the other commands), but on `logs` -f is --follow."""
+    for name in names:
+        if Path(name).exists():
+            flag = " -f" if follow else ""
+            raise UserError(
+                f"{name} is a file, not a service: on `logs`, -f means --follow. "
+                f"For that project's logs: devmesh -f {name} logs{flag}",
+                code=2,
+            )

@@ -128,12 +128,18 @@ class Project:
             text = f"[proxy]\nport = {self.proxy_port}\n\n{text}"
         return self.write("devmesh.toml", text)
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run `devmesh ARGS` in the project directory and wait for it."""
+    def cli(
+        self,
+        *args: str,
+        timeout: float = 60,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `devmesh ARGS` in the project directory (or `cwd`) and wait for it."""
         return subprocess.run(
             [PY, "-m", "devmesh", *args],
-            cwd=self.root,
-            env=self.env,
+            cwd=cwd or self.root,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
-from tests.conftest import Project, wait_until
+from tests.conftest import PY, Project, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,3 +89,93 @@ def test_toml_demo_serves_http(project: Project) -> None:
     body = wait_until(page, 10, "the web page")
     assert "hello from api" in body
     assert run.stop() == 0
+
+
+# ---------------------------------------------------------------------- -f: file, or follow
+
+
+def test_global_file_option_and_logs_follow(project: Project) -> None:
+    """`devmesh -f FILE COMMAND` works from anywhere; on `logs`, -f is --follow, and a file
+    given to `logs -f` is explained instead of being an unknown service."""
+    project.toml(
+        """
+        [services.web]
+        command = "echo hello-from-web; sleep 1000"
+        port = 5555
+        """
+    )
+    run = project.up()
+    project.wait_state("web", "running")
+    elsewhere = project.root.parent  # no devmesh.toml here or above
+
+    def logged() -> bool:
+        return (
+            "hello-from-web" in project.cli("-f", "proj/devmesh.toml", "logs", cwd=elsewhere).stdout
+        )
+
+    wait_until(logged, 10, "the line in `devmesh -f FILE logs`")
+    assert "hello-from-web" in project.cli("logs", "--file", "proj", cwd=elsewhere).stdout
+    # The same file before and after the command is fine; two different ones are not.
+    assert project.cli("-f", "proj", "check", "-f", "proj", cwd=elsewhere).returncode == 0
+    two = project.cli("-f", "proj", "check", "-f", "other", cwd=elsewhere)
+    assert two.returncode == 2 and "two config files given" in two.stderr
+
+    # Outside any project, and inside one (where the file is not one of its services).
+    for cwd, path in ((elsewhere, "proj/devmesh.toml"), (project.root, "../proj/devmesh.toml")):
+        wrong = project.cli("logs", "-f", path, cwd=cwd)
+        assert wrong.returncode == 2, wrong
+        assert "unknown service" not in wrong.stderr and "Traceback" not in wrong.stderr
+        assert "logs -f" in wrong.stderr and "devmesh -f " in wrong.stderr
+
+    with subprocess.Popen(
+        [PY, "-m", "devmesh", "-f", "proj/devmesh.toml", "logs", "-f", "web"],
+        cwd=elsewhere,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as follow:
+        try:
+            assert follow.stdout is not None
+            # Bounded: the lines are on disk already (and the pytest timeout).
+            head = [follow.stdout.readline() for _ in range(2)]
+            assert any("hello-from-web" in line for line in head), head
+            assert follow.poll() is None  # still following
+        finally:
+            follow.terminate()
+            follow.wait(10)
+    assert run.stop() == 0
+
+
+def test_shell_completion_of_commands_and_service_names(project: Project) -> None:
+    project.toml(
+        """
+        [services.web]
+        command = "sleep 1000"
+        port = 5555
+
+        [services.worker]
+        command = "sleep 1000"
+        port = 5556
+        """
+    )
+
+    def complete(words: str) -> list[str]:
+        result = project.cli(
+            env={
+                "_DEVMESH_COMPLETE": "complete_bash",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+            },
+            cwd=project.root.parent if "-f" in words else None,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("devmesh lo") == ["logs"]
+    assert complete("devmesh logs w") == ["web", "worker"]
+    assert complete("devmesh restart wo") == ["worker"]
+    assert complete("devmesh -f proj stop ") == ["web", "worker"]
+    assert complete("devmesh stop -f proj/devmesh.toml w") == ["web", "worker"]
+    shown = project.cli("--show-completion", "bash", env={"SHELL": "/bin/bash"})
+    assert shown.returncode == 0 and "_DEVMESH_COMPLETE=complete_bash" in shown.stdout
