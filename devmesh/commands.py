@@ -51,6 +51,13 @@ def project(file: Path | None) -> tuple[Config, ProjectPaths]:
     return config, ProjectPaths.for_root(config.root)
 
 
+def warn_config(config: Config) -> None:
+    """Print the config's warnings (lines read anyway, or skipped) on stderr."""
+    for warning in config.warnings:
+        sys.stderr.write(f"devmesh: warning: {warning}\n")
+    sys.stderr.flush()
+
+
 def locate(file: Path | None) -> tuple[Path, ProjectPaths]:
     """The project directory and its paths, without reading the config: a running mesh must
     stay controllable while its devmesh.toml is being edited (or is broken)."""
@@ -117,6 +124,7 @@ def up(
             f"{source}: {level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}"
         )
     config, paths = project(file)
+    warn_config(config)
     if proxy_only:
         config = replace(config, services={})
     check_names(config.services, names)
@@ -231,6 +239,7 @@ def check(file: Path | None) -> int:
     """`devmesh check`: validate the config and print the resolved services."""
     config, _ = project(file)
     out(describe_config(config))
+    warn_config(config)
     return 0
 
 

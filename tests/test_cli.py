@@ -179,3 +179,25 @@ def test_shell_completion_of_commands_and_service_names(project: Project) -> Non
     assert complete("devmesh stop -f proj/devmesh.toml w") == ["web", "worker"]
     shown = project.cli("--show-completion", "bash", env={"SHELL": "/bin/bash"})
     assert shown.returncode == 0 and "_DEVMESH_COMPLETE=complete_bash" in shown.stdout
+
+
+def test_skipped_dotenv_lines_are_warned_at_check_up_and_reload(project: Project) -> None:
+    """A .env line honcho skips does not stop devmesh: the rest is given to the service, and
+    `check`, `up` and a reload say which line was skipped."""
+    project.write(".env", 'GREETING="hi \\"there\\""\n1BAD=x\n')
+    project.toml(
+        """
+        [services.web]
+        command = "echo \\"greeting=$GREETING\\"; sleep 1000"
+        port = 5555
+        """
+    )
+    check = project.cli("check")
+    assert check.returncode == 0, check.stderr
+    assert 'devmesh: warning: .env:2: "1BAD" is not a variable name' in check.stderr
+    run = project.up()
+    wait_until(lambda: 'greeting=hi "there"' in run.text(), 10, "the service's line")
+    assert 'warning: .env:2: "1BAD" is not a variable name' in run.text()
+    project.write(".env", 'GREETING="hi"\n\nBAD-NAME=x\n')
+    wait_until(lambda: "warning: .env:3:" in run.text(), 10, "the reload's warning")
+    assert run.stop() == 0

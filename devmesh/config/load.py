@@ -11,9 +11,10 @@ import re
 import tomllib
 from pathlib import Path
 
+from devmesh.config.dotenv import DotEnv, parse_dotenv
 from devmesh.config.locate import locate
 from devmesh.config.model import Config, ConfigError, ConfigIssue, ConfigSource
-from devmesh.config.procfile import DotEnv, base_port, parse_dotenv, read_procfile
+from devmesh.config.procfile import base_port, read_procfile
 from devmesh.config.report import Report
 from devmesh.config.sections import (
     SECTIONS,
@@ -84,7 +85,10 @@ def load(path: Path) -> Config:
     if issues:
         raise ConfigError(issues)
     return dataclasses.replace(
-        config, env_file=env_path if env_path.is_file() else None, dotenv=env.values
+        config,
+        env_file=env_path if env_path.is_file() else None,
+        dotenv=env.values,
+        warnings=tuple(_by_line(report.warnings) + _by_line(env_report.warnings)),
     )
 
 

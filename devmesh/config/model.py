@@ -173,6 +173,8 @@ class Config:
     tracing: TracingConfig = TracingConfig()
     env_file: Path | None = None  # the .env that was read, if any
     dotenv: Mapping[str, str] = field(default_factory=dict)  # its values, given to every service
+    # Read anyway, but the user should know (a .env line skipped): `check` and `up` print them.
+    warnings: tuple[ConfigIssue, ...] = ()
 
     @property
     def name(self) -> str:

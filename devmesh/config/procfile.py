@@ -1,4 +1,4 @@
-"""`Procfile` and `.env`, read the way honcho reads them (without its dependencies).
+"""`Procfile`, read the way honcho reads it (`.env` is `devmesh.config.dotenv`).
 
 A Procfile line `web: command` becomes a service named `web` that restarts on failure and gets
 `$PORT` 5000, 5100, 5200... in file order (the base is `PORT` from `.env` when set, as honcho
@@ -8,9 +8,9 @@ does). `.env` is read in both modes and given to every service.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from devmesh.config.dotenv import DotEnv
 from devmesh.config.model import RestartPolicy, ServiceConfig
 from devmesh.config.report import Report
 from devmesh.config.services import check_name
@@ -20,112 +20,6 @@ from devmesh.config.values import show
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 BASE_PORT = 5000
 PORT_STEP = 100
-
-_ENV_ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
-_ENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
-
-
-@dataclass(frozen=True)
-class DotEnv:
-    """The variables of a `.env` file and the line each was (last) set on."""
-
-    values: dict[str, str] = field(default_factory=dict)
-    lines: dict[str, int] = field(default_factory=dict)
-
-
-def parse_dotenv(text: str, report: Report) -> DotEnv:
-    """Parse `KEY=value` lines (optional `export`, quotes, comments); mistakes go to `report`."""
-    env = DotEnv()
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        lineno = i + 1
-        stripped = lines[i].strip()
-        i += 1
-        if not stripped or stripped.startswith("#"):
-            continue
-        m = _ENV_ASSIGN.match(stripped)
-        if not m:
-            _bad_env_line(report, lineno, stripped)
-            continue
-        name, rest = m[1], m[2]
-        if rest[:1] not in ('"', "'"):
-            # Unquoted: a `#` after whitespace starts a comment, a `#` inside a word does not.
-            env.values[name] = re.split(r"\s#", rest, maxsplit=1)[0].strip()
-            env.lines[name] = lineno
-            continue
-        quote, body = rest[0], rest[1:]
-        end = _closing_quote(body, quote)
-        # A quoted value may run over several lines, like in a shell.
-        while end < 0 and i < len(lines):
-            body += "\n" + lines[i]
-            i += 1
-            end = _closing_quote(body, quote)
-        if end < 0:
-            report.add(
-                (name,),
-                f"the {quote} quote is never closed",
-                f"end the value with {quote}",
-                line=lineno,
-            )
-            continue
-        after = body[end + 1 :].strip()
-        if after and not after.startswith("#"):
-            report.add(
-                (name,),
-                f"unexpected {show(after)} after the closing quote",
-                "put the whole value inside the quotes, or start a comment with #",
-                line=lineno,
-            )
-            continue
-        raw = body[:end]
-        env.values[name] = _unescape(raw) if quote == '"' else raw
-        env.lines[name] = lineno
-    return env
-
-
-def _bad_env_line(report: Report, lineno: int, text: str) -> None:
-    name = text.removeprefix("export ").split("=", 1)[0].strip()
-    if "=" in text and name:
-        report.add(
-            (),
-            f"{show(name)} is not a variable name",
-            "use letters, digits and _, not starting with a digit",
-            line=lineno,
-        )
-    else:
-        report.add(
-            (),
-            f"expected KEY=value, got {show(text)}",
-            "write KEY=value, or start the line with # to make it a comment",
-            line=lineno,
-        )
-
-
-def _closing_quote(body: str, quote: str) -> int:
-    i = 0
-    while i < len(body):
-        if quote == '"' and body[i] == "\\":
-            i += 2
-            continue
-        if body[i] == quote:
-            return i
-        i += 1
-    return -1
-
-
-def _unescape(raw: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(raw):
-        c = raw[i]
-        if c == "\\" and i + 1 < len(raw) and raw[i + 1] in _ENV_ESCAPES:
-            out.append(_ENV_ESCAPES[raw[i + 1]])
-            i += 2
-        else:  # an unknown escape stays as written, as in most dotenv readers
-            out.append(c)
-            i += 1
-    return "".join(out)
 
 
 def base_port(env: DotEnv, report: Report) -> int:

@@ -25,6 +25,7 @@ class Report:
         self.file = file
         self.lines: Mapping[Key, int] = lines or {}
         self.issues: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []  # read anyway: shown, but nothing is refused
 
     def line(self, key: Key) -> int | None:
         """The line where `key` (or its nearest written parent) is."""
@@ -34,6 +35,11 @@ class Report:
         """Record one issue at `key` (an explicit `line` wins over the located one)."""
         where = line if line is not None else self.line(key)
         self.issues.append(ConfigIssue(self.file, where, dotted(key), message, fix))
+
+    def warn(self, key: Key, message: str, fix: str = "", *, line: int | None = None) -> None:
+        """Record a warning at `key`: something skipped or ignored that the user should know."""
+        where = line if line is not None else self.line(key)
+        self.warnings.append(ConfigIssue(self.file, where, dotted(key), message, fix))
 
     def unknown_keys(
         self,

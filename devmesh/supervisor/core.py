@@ -521,6 +521,8 @@ class Supervisor:
             self.logs.system(f"config not applied: {self.config_error[0]}", level=logging.ERROR)
             return
         self.config_error = []
+        for warning in new.warnings:  # e.g. a .env line skipped
+            self.logs.system(f"warning: {warning}", level=logging.WARNING)
         if self.proxy_only:
             new = replace(new, services={})
         change = diff(self.config, new)
