@@ -22,7 +22,7 @@ from devmesh.control.client import ControlClient, ControlError, NoMesh
 from devmesh.logs import reader
 from devmesh.logs.writer import want_color
 from devmesh.paths import ProjectPaths
-from devmesh.supervisor import policy, procs
+from devmesh.supervisor import frameworks, policy, procs
 from devmesh.supervisor.lock import AlreadyRunning, holder
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.preflight import preflight
@@ -239,6 +239,10 @@ def check(file: Path | None) -> int:
     """`devmesh check`: validate the config and print the resolved services."""
     config, _ = project(file)
     out(describe_config(config))
+    for svc in config.services.values():  # dev servers that ignore $PORT
+        added = frameworks.with_port_flags(svc, svc.port)[1] if svc.command else ""
+        if added:
+            out(added)
     warn_config(config)
     return 0
 

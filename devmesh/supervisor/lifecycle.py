@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from devmesh.config.model import Config, DependCondition
 from devmesh.logs.writer import LogSink
-from devmesh.supervisor import policy, procs
+from devmesh.supervisor import frameworks, policy, procs
 from devmesh.supervisor.reload import ConfigDiff
 from devmesh.supervisor.service import OutputPipe, Service
 from devmesh.supervisor.states import ALIVE_STATES, DOWN_STATES, ServiceState
@@ -191,8 +191,11 @@ class ServiceSet:
         assert svc.config.command is not None
         self._spawns += 1
         svc.instance = f"{self.node_id}.{self._spawns}"
+        command, added = frameworks.with_port_flags(svc.config, svc.port)  # vite & co.
+        if added and not svc.ever_started:
+            self.host.logs.system(added, svc.name)
         try:
-            spawned = procs.spawn(svc.config.command, cwd=svc.config.cwd, env=self.env(svc))
+            spawned = procs.spawn(command, cwd=svc.config.cwd, env=self.env(svc))
         except OSError as exc:
             svc.to(S.FAILED, f"cannot start: {exc.strerror or exc}")
             self.host.logs.system(f"{svc.name} cannot start: {exc}", svc.name, logging.ERROR)
