@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
     from prometheus_client.metrics_core import Metric
 
+    from devmesh.config.model import ServiceConfig
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Request durations: from a millisecond (a local dev server) to a slow build or long poll.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -59,29 +61,43 @@ def _histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[floa
     return Histogram(name, doc, labels, buckets=buckets, registry=None)
 
 
+REQUESTS = (
+    "devmesh_requests",
+    "Requests answered by the proxy, by service, peer (empty: served here), method, code.",
+)
+DURATION = (
+    "devmesh_request_duration_seconds",
+    "Time from a request's head to the end of its response, by service and peer.",
+)
+RETRIES = (
+    "devmesh_proxy_retries",
+    "Requests sent again to another copy after one failed, by service.",
+)
+REFUSED = ("devmesh_proxy_refused", "Requests refused by the LAN access policy (403).")
+# The series of each of this node's services that exist at 0 from the start, as Prometheus's
+# instrumentation guidance asks (a series that appears only at its first request makes a panel
+# say "no data", and `rate()` misses that first increase). Known at start: the service, served
+# here (peer ""), and two answers every service can get: GET 200, the common one, and GET 503,
+# which devmesh itself answers while no copy of the service is up (the 5xx the error panel
+# counts). Other methods, codes and peers are not known before they happen.
+ZERO_REQUESTS = (("GET", "200"), ("GET", "503"))
+# Why the discovery worker drops a datagram (devmesh/discovery: BadPacket reasons, and the
+# table's own): each counted from 0.
+DISCOVERY_DROP_REASONS = ("malformed", "oversized", "version", "other_namespace", "stale")
+
+
 class ProxyMetrics:
     """The proxy worker's metrics, written from the counts it keeps per request (`flush`)."""
 
     def __init__(self) -> None:
         self.requests = _counter(
-            "devmesh_requests_total",
-            "Requests answered by the proxy, by service, peer (empty: served here), method, code.",
-            ("service", "peer", "method", "code"),
+            f"{REQUESTS[0]}_total", REQUESTS[1], ("service", "peer", "method", "code")
         )
         self.duration: Histogram = _histogram(
-            "devmesh_request_duration_seconds",
-            "Time from a request's head to the end of its response, by service and peer.",
-            ("service", "peer"),
-            DURATION_BUCKETS,
+            DURATION[0], DURATION[1], ("service", "peer"), DURATION_BUCKETS
         )
-        self.refused = _counter(
-            "devmesh_proxy_refused_total", "Requests refused by the LAN access policy (403)."
-        )
-        self.retries = _counter(
-            "devmesh_proxy_retries_total",
-            "Requests sent again to another copy after one failed, by service.",
-            ("service",),
-        )
+        self.refused = _counter(f"{REFUSED[0]}_total", REFUSED[1])
+        self.retries = _counter(f"{RETRIES[0]}_total", RETRIES[1], ("service",))
         from prometheus_client import Gauge
 
         # Summed over the live proxy workers; a dead worker's value goes with it.
@@ -118,6 +134,11 @@ class ProxyMetrics:
             self.retries.labels(service).inc(n)
 
 
+def probe_checks(services: Mapping[str, ServiceConfig]) -> dict[str, str]:
+    """The `check` label of each service's probes: its `health` kind, else "tcp" (its port)."""
+    return {name: cfg.health.kind if cfg.health else "tcp" for name, cfg in services.items()}
+
+
 class ProbeStats:
     """Health probe counts and latencies, kept by the parent (which gets every result anyway)
     and shown by the control worker: the health worker imports no prometheus-client."""
@@ -136,11 +157,23 @@ class ProbeStats:
         cells[bisect_left(PROBE_BUCKETS, seconds)] += 1
         cells[-1] += seconds
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything so far, as plain data for a `StateUpdate`."""
+    def snapshot(self, checks: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Everything so far, as plain data for a `StateUpdate`; `checks` (service -> the kind
+        of its probe) are counted from 0 even before their first probe."""
+        counts = {
+            (name, check, result): 0
+            for name, check in (checks or {}).items()
+            for result in ("ok", "fail")
+        }
+        cells = {
+            (name, check): [0.0] * (len(PROBE_BUCKETS) + 2)
+            for name, check in (checks or {}).items()
+        }
+        counts.update(self.counts)
+        cells.update(self.cells)
         return {
-            "counts": [[*key, n] for key, n in self.counts.items()],
-            "latency": [[*key, list(cells)] for key, cells in self.cells.items()],
+            "counts": [[*key, n] for key, n in counts.items()],
+            "latency": [[*key, list(c)] for key, c in cells.items()],
         }
 
 
@@ -194,7 +227,6 @@ class StateCollector:
 def _probes(probes: Mapping[str, Any]) -> Iterator[Metric]:
     """The parent's `ProbeStats.snapshot()` as Prometheus metrics."""
     from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-    from prometheus_client.utils import floatToGoString
 
     probes_total = CounterMetricFamily(
         "devmesh_health_probes",
@@ -213,7 +245,7 @@ def _probes(probes: Mapping[str, Any]) -> Iterator[Metric]:
         running, buckets = 0.0, []
         for bound, n in zip((*PROBE_BUCKETS, float("inf")), cells[:-1], strict=True):
             running += n
-            buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            buckets.append((_le(bound), running))
         latency.add_metric([service, check], buckets, cells[-1])
     yield latency
 
@@ -237,17 +269,76 @@ def _discovery(stats: Mapping[str, Any]) -> Iterator[Metric]:
         "Discovery datagrams dropped, by reason (malformed, version, other_namespace, stale, ...).",
         labels=["reason"],
     )
-    for reason, n in (stats.get("dropped") or {}).items():
+    dropped = dict.fromkeys(DISCOVERY_DROP_REASONS, 0) | dict(stats.get("dropped") or {})
+    for reason, n in dropped.items():
         rejected.add_metric([reason], n)
     yield rejected
 
 
+class WorkerCollector:
+    """The workers' metric files, with a 0 for each series of `ZERO_REQUESTS` (and retries,
+    and the latency histogram) of every service in the state that no worker has written yet
+    (a service added by a reload gets its zeros at the next scrape), and for the refused
+    requests until the proxy's first report."""
+
+    def __init__(self, directory: str, state: Callable[[], Mapping[str, Any] | None]) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.files = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family in the files, completed with the zero series."""
+        files: Iterator[Metric] = self.files.collect()  # type: ignore[no-untyped-call]
+        families = {f.name: f for f in files}
+        _zero(families, REFUSED, "counter", [("_total", {})])  # before the first report
+        status = (self.state() or {}).get("status") or {}
+        for svc in status.get("services", ()):
+            name = svc["name"]
+            for method, code in ZERO_REQUESTS:
+                labels = {"service": name, "peer": "", "method": method, "code": code}
+                _zero(families, REQUESTS, "counter", [("_total", labels)])
+            _zero(families, RETRIES, "counter", [("_total", {"service": name})])
+            here = {"service": name, "peer": ""}
+            buckets = [
+                ("_bucket", {**here, "le": _le(b)}) for b in (*DURATION_BUCKETS, float("inf"))
+            ]
+            _zero(families, DURATION, "histogram", [*buckets, ("_count", here), ("_sum", here)])
+        yield from families.values()
+
+
+def _zero(
+    families: dict[str, Metric],
+    family: tuple[str, str],
+    kind: str,
+    samples: list[tuple[str, dict[str, str]]],
+) -> None:
+    """Add `samples` (suffix, labels) at 0 to a family, unless its first one is there already."""
+    from prometheus_client.metrics_core import Metric
+
+    name, doc = family
+    metric = families.get(name)
+    if metric is None:
+        metric = families[name] = Metric(name, doc, kind)
+    suffix, labels = samples[0]
+    if any(s.name == name + suffix and s.labels == labels for s in metric.samples):
+        return
+    for suffix, labels in samples:
+        metric.add_sample(name + suffix, labels, 0.0)
+
+
+def _le(bound: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
+
+
 def render(state: Callable[[], Mapping[str, Any] | None], directory: str) -> bytes:
-    """The whole `/metrics` page: every worker's files, then the state."""
+    """The whole `/metrics` page: every worker's files (with the zero series), then the state."""
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(WorkerCollector(directory, state))
     registry.register(StateCollector(state))
     return generate_latest(registry)

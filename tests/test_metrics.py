@@ -6,17 +6,20 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import threading
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Project, http_get, wait_until
+from devmesh.metrics import DISCOVERY_DROP_REASONS, render
+from tests.conftest import REPO, Project, http_get, wait_until
 from tests.prometheus import (
     PrometheusServer,
     dashboard,
@@ -248,3 +251,131 @@ def test_service_up_is_what_the_proxy_routes_to(project: Project) -> None:
     text = wait_until(both, 10, "both services in /metrics")
     assert sample(text, "devmesh_service_up", service="slow", source="local") == 0
     assert get(project.proxy_port, "slow.localhost") == 503
+
+
+def samples(text: str, name: str, **labels: str) -> list[float]:
+    """Every sample `name{labels...}` in an exposition (other labels ignored)."""
+    return [
+        float(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    ]
+
+
+ZERO_TOML = """
+[services.api]
+command = "python3 -m http.server $PORT --bind 127.0.0.1"
+
+[services.job]
+command = "sleep 1000"
+health = "cmd:true"
+"""
+
+
+def test_known_series_are_zero_from_the_start_and_for_services_a_reload_adds(
+    project: Project,
+) -> None:
+    """Before any request, each service's requests (GET 200 and 503, served here), retries,
+    latency histogram and probe results (ok and fail) are there at 0; a service added by a
+    reload gets the same; a first request counts on the zero series, not on a new one."""
+    project.toml(ZERO_TOML)
+    project.up()
+    url = project.status()["node"]["dashboard"]["metrics"]
+
+    def both_up() -> str | None:
+        text = scrape(url)
+        ups = [
+            sample(text, "devmesh_service_up", service=s, source="local") for s in ("api", "job")
+        ]
+        return text if ups == [1, 1] else None
+
+    text = wait_until(both_up, 20, "api and job up in /metrics")  # no request sent yet
+    for service, check in (("api", "tcp"), ("job", "cmd")):
+        for code in ("200", "503"):
+            got = samples(
+                text, "devmesh_requests_total", service=service, peer="", method="GET", code=code
+            )
+            assert got == [0], (service, code, got)
+        assert samples(text, "devmesh_proxy_retries_total", service=service) == [0]
+        assert samples(text, "devmesh_request_duration_seconds_count", service=service) == [0]
+        buckets = samples(text, "devmesh_request_duration_seconds_bucket", service=service, peer="")
+        assert len(buckets) == 15 and not any(buckets)  # 14 bounds and +Inf
+        fails = samples(
+            text, "devmesh_health_probes_total", service=service, check=check, result="fail"
+        )
+        assert fails == [0], (service, fails)
+    assert samples(text, "devmesh_proxy_refused_total") == [0]
+    check = promtool_check_metrics(text)
+    assert check.returncode == 0, f"promtool check metrics:\n{check.stderr}\n{text}"
+
+    project.toml(ZERO_TOML + '\n[services.extra]\ncommand = "sleep 1000"\n')
+
+    def extra_zeros() -> str | None:
+        text = scrape(url)
+        added = samples(text, "devmesh_requests_total", service="extra", code="200")
+        # Its port never answers (sleep): its failed probes may have started counting.
+        probes = samples(text, "devmesh_health_probes_total", service="extra", result="ok")
+        return text if added == [0] and probes == [0] else None
+
+    text = wait_until(extra_zeros, 20, "the zero series of a service added by a reload")
+    assert samples(text, "devmesh_proxy_retries_total", service="extra") == [0]
+    assert promtool_check_metrics(text).returncode == 0
+
+    assert get(project.proxy_port, "api.localhost") == 200
+
+    def counted() -> list[float]:
+        text = scrape(url)
+        got = samples(text, "devmesh_requests_total", service="api", method="GET", code="200")
+        return got if got == [1] else []
+
+    wait_until(counted, 10, "the request on the one api GET 200 series")
+
+
+def test_dashboard_panels_show_zero_not_no_data_before_any_request(project: Project) -> None:
+    """Every panel of the Grafana dashboard has a value with no traffic at all (discovery is
+    off in these tests: its panel alone is empty); the traffic panels say 0."""
+    require_prometheus()
+    project.toml(ZERO_TOML)
+    project.up()
+    project.wait_state("api", "running")
+    metrics = urlsplit(project.status()["node"]["dashboard"]["metrics"])
+    with PrometheusServer([metrics.netloc], metrics_path=metrics.path) as prom:
+        prom.wait_for('devmesh_service_up{service="api", source="local"} == 1')
+        dash = dashboard()
+        variables = {v["name"] for v in dash["templating"]["list"]}
+        for title, expr in queries(dash):
+            if title == "Discovery packets":
+                continue
+            # A rate needs two scrapes: wait for them rather than for a fixed time.
+            result = prom.wait_for(resolve(expr, variables), timeout=20)
+            assert result, f"{title}: no data"
+            if title in (
+                "Request rate per service",
+                "Error ratio per service (5xx)",
+                "Requests by peer",
+                "Proxy refused and retried requests",
+                "Health probe failures",
+            ):
+                assert all(value(s) == 0 for s in result), (title, result)
+                if "service" in result[0]["metric"]:
+                    services = {s["metric"]["service"] for s in result}
+                    assert services >= {"api", "job"}, (title, result)
+
+
+def test_discovery_drop_reasons_count_from_zero_and_are_the_ones_discovery_uses(
+    tmp_path: Path,
+) -> None:
+    """Every reason the discovery worker drops a datagram for is a series at 0 (while
+    discovery runs); the list is the one the discovery code counts into."""
+    state = {
+        "status": {"services": []},
+        "peers": {"stats": {"received": 3, "sent": 2, "dropped": {"stale": 2}}},
+    }
+    text = render(lambda: state, str(tmp_path)).decode()
+    for reason in DISCOVERY_DROP_REASONS:
+        expected = [2] if reason == "stale" else [0]
+        assert samples(text, "devmesh_discovery_packets_rejected_total", reason=reason) == expected
+    source = "".join(p.read_text() for p in (REPO / "devmesh" / "discovery").glob("*.py"))
+    used = set(re.findall(r'BadPacket\("(\w+)"|dropped\["(\w+)"\]', source))
+    assert {a or b for a, b in used} == set(DISCOVERY_DROP_REASONS)

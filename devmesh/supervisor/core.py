@@ -30,7 +30,7 @@ from devmesh.config import ConfigError, load
 from devmesh.config.model import Config
 from devmesh.health.probes import expand
 from devmesh.logs.writer import LogSink
-from devmesh.metrics import ProbeStats, prepare_dir, worker_died
+from devmesh.metrics import ProbeStats, prepare_dir, probe_checks, worker_died
 from devmesh.namespace import resolve_namespace
 from devmesh.paths import ProjectPaths
 from devmesh.proxy.table import RouteTable
@@ -691,7 +691,7 @@ class Supervisor:
                 status=self.status(),
                 peers=self.peers_document(),
                 routes=self.routes_document(),
-                probes=self.probe_stats.snapshot(),
+                probes=self.probe_stats.snapshot(probe_checks(self.config.services)),
             )
         )
 
