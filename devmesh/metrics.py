@@ -12,6 +12,8 @@ prometheus-client is imported only inside functions: the parent and the CLI do n
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import shutil
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
@@ -285,12 +287,24 @@ class WorkerCollector:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         self.files = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+        self.directory = directory
         self.state = state
+
+    def _merged(self) -> Iterator[Metric]:
+        """prometheus-client's merge of the workers' files, without a file a worker is creating
+        at this very moment: empty until its header is written, reading it would fail the
+        whole scrape with a 500."""
+        files = []
+        for path in glob.glob(os.path.join(self.directory, "*.db")):
+            with contextlib.suppress(OSError):  # a live gauge's file, removed at its death
+                if os.path.getsize(path) > 0:
+                    files.append(path)
+        merged: Iterator[Metric] = self.files.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
 
     def collect(self) -> Iterator[Metric]:
         """Every family in the files, completed with the zero series."""
-        files: Iterator[Metric] = self.files.collect()  # type: ignore[no-untyped-call]
-        families = {f.name: f for f in files}
+        families = {f.name: f for f in self._merged()}
         _zero(families, REFUSED, "counter", [("_total", {})])  # before the first report
         status = (self.state() or {}).get("status") or {}
         for svc in status.get("services", ()):

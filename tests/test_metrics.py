@@ -382,3 +382,13 @@ def test_discovery_drop_reasons_count_from_zero_and_are_the_ones_discovery_uses(
     source = "".join(p.read_text() for p in (REPO / "devmesh" / "discovery").glob("*.py"))
     used = set(re.findall(r'BadPacket\("(\w+)"|dropped\["(\w+)"\]', source))
     assert {a or b for a, b in used} == set(DISCOVERY_DROP_REASONS)
+
+
+def test_a_metric_file_being_created_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    """A worker creating its file (empty until its header is written) while /metrics is read:
+    the scrape skips that file instead of answering 500 (seen under load in CI)."""
+    from devmesh.metrics import render
+
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+    page = render(lambda: None, str(tmp_path)).decode()
+    assert "devmesh_proxy_refused_total 0.0" in page  # rendered, the empty file skipped
