@@ -131,10 +131,19 @@ def run(
         str,
         typer.Argument(help="the service you run by hand", autocompletion=_complete_services),
     ],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="-- CMD ARGS: run it in the foreground with $PORT set"),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=1, max=65535, help="its port, for a service not declared"),
+    ] = None,
     file: FileOpt = None,
 ) -> None:
-    """Route to and announce a service you started by hand on its port, until Ctrl+C."""
-    raise typer.Exit(commands.run(_file(ctx, file), service))
+    """Register a service you run by hand (or run `-- CMD` with $PORT set): routed to and
+    announced while its port answers, until Ctrl+C or `devmesh stop SERVICE`."""
+    raise typer.Exit(commands.run(_file(ctx, file), service, port=port, argv=command or []))
 
 
 @app.command()

@@ -137,6 +137,9 @@ class ProbeTarget:
     interval: float
     timeout: float
     cwd: str
+    # Probed every FAST seconds whenever it does not answer, not only before its first answer:
+    # a service the user runs by hand, which may start (or stop) at any moment.
+    eager: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,14 @@ class StateUpdate:
 
 
 @dataclass(frozen=True)
+class LogLevel:
+    """`[log] level` changed by a reload: the worker's own logging follows at once."""
+
+    level: str
+    kind: Literal["log_level"] = "log_level"
+
+
+@dataclass(frozen=True)
 class Leave:
     """The node is shutting down: say goodbye now (peers stop routing here at once)."""
 
@@ -177,5 +188,13 @@ WorkerMessage = (
     Ready | Heartbeat | ControlRequest | PeersUpdate | ProxyStats | RequestLines | HealthResult
 )
 ParentMessage = (
-    Configure | ControlReply | RoutesUpdate | Announce | HealthPlan | StateUpdate | Leave | Stop
+    Configure
+    | ControlReply
+    | RoutesUpdate
+    | Announce
+    | HealthPlan
+    | StateUpdate
+    | LogLevel
+    | Leave
+    | Stop
 )

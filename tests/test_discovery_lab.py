@@ -297,9 +297,11 @@ def test_versions_warn_or_refuse(new_project: Callable[[], Project], lab: Lab) -
     wait_until(lambda: "version mismatch: api is 2.0" in b.running[0].text(), 5, "the log line")
     report = get(lab, 3, "127.0.0.1", c.proxy_port, "api", 1, "Accept:application/json")
     [(answer, count)] = report["other"].items()
-    assert answer.startswith("502") and count == 1
-    detail = json.loads(answer[4:])["detail"]
-    assert "version mismatch" in detail and "2.0" in detail and "1.0" in detail
+    assert answer.startswith("503") and count == 1
+    # Every peer that has api, and why it is not used: A's version, B's stopped copy.
+    considered = sorted(json.loads(answer[4:])["peers_considered"])
+    assert len(considered) == 2 and considered[1].endswith(": stopped"), considered
+    assert "runs api 2.0" in considered[0] and "declares 1.0 (version_strict)" in considered[0]
 
 
 def test_choice_pin_stickiness_and_views(new_project: Callable[[], Project], lab: Lab) -> None:
@@ -361,7 +363,8 @@ def test_proxy_only_node_and_two_namespaces_on_one_host(
         + SERVICE.format(name="api", version="1.0")
     )
     run = p.up(command="proxy")
-    assert p.status()["services"] == []
+    [api] = p.status()["services"]  # declared, not started: a peer's copy serves it
+    assert (api["state"], api["pid"]) == ("stopped", None) and "devmesh proxy" in api["reason"]
     assert "proxy only" in run.text()
     wait_until(lambda: sees(p, "api", 1), 10, "the proxy-only node sees A")
     report = get(lab, 2, "127.0.0.1", p.proxy_port, "api", 3)

@@ -249,7 +249,7 @@ def test_dashboard_url_in_status_and_the_loopback_port_refuses_other_sites(
     wait_until(lambda: project.service("web")["pid"] not in (pid, None), 20, "a new web pid")
     # Its socket is bound at start: a changed port is not applied by a reload, and says so.
     echo_project(project, "[dashboard]\nport = 1")
-    wait_until(lambda: "[dashboard] changed" in run.text(), 20, "the reload's warning")
+    wait_until(lambda: "config not applied: [dashboard]" in run.text(), 20, "the reload's warning")
     assert project.status()["node"]["dashboard"]["url"] == url
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from devmesh.config.model import Config, ConfigSource, DependCondition, ServiceConfig
+from devmesh.config.sections import NO_SECRET_YET
 from devmesh.config.values import format_duration, format_size
 
 
@@ -19,7 +21,7 @@ def describe(config: Config) -> str:
         source += f" + {_relative(config.env_file, config.root)} ({count})"
     lines.append(f"source     {source}")
     lines.append(f"mesh       {_mesh(config)}")
-    lines.append(f"discovery  {_discovery(config)}")
+    lines.append(f"discovery  {describe_discovery(config)}")
     log = config.log
     lines.append(
         f"log        level {log.level}, {log.format}, requests {log.requests}, "
@@ -31,17 +33,32 @@ def describe(config: Config) -> str:
     otlp = config.tracing.otlp_endpoint
     lines.append(f"tracing    OTLP spans to {otlp}" if otlp else "tracing    trace ids only")
     lines.append("")
-    lines.extend(_table(config))
+    if config.services:
+        lines.extend(_table(config))
+    else:
+        lines.append(
+            "no services: `devmesh proxy` serves teammates' services (`devmesh up` needs one)"
+        )
     return "\n".join(lines) + "\n"
+
+
+def runtime_warnings(config: Config) -> list[str]:
+    """The config's warnings, and the environment's: what `devmesh check` and `up` print."""
+    found = [str(w) for w in config.warnings]
+    if os.environ.get("DEVMESH_SECRET"):
+        found.append(f"DEVMESH_SECRET: {NO_SECRET_YET[0]}; unset it")
+    return found
 
 
 def _mesh(config: Config) -> str:
     mesh, proxy = config.mesh, config.proxy
-    if mesh.secret_file is not None:
-        secret = f"secret from {_relative(mesh.secret_file, config.root)}"
-    else:
-        secret = "secret set" if mesh.secret else "no secret"
-    tls = "tls" if proxy.tls else "no tls"
+    # Accepted but not supported yet (warned about): never shown as on.
+    secret = "no secret"
+    if mesh.secret or mesh.secret_file is not None:
+        secret += " (the one set is not supported yet)"
+    tls = "no tls"
+    if proxy.tls or proxy.cert or proxy.ca:
+        tls += " (not supported yet)"
     strict = ", version strict" if proxy.version_strict else ""
     return (
         f"namespace {mesh.namespace}, {secret}; proxy :{proxy.port}, "
@@ -50,7 +67,8 @@ def _mesh(config: Config) -> str:
     )
 
 
-def _discovery(config: Config) -> str:
+def describe_discovery(config: Config) -> str:
+    """`[discovery]` in one line, as `devmesh check` shows it."""
     d = config.discovery
     if not d.enabled:
         return "off"

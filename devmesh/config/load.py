@@ -88,7 +88,7 @@ def load(path: Path) -> Config:
         config,
         env_file=env_path if env_path.is_file() else None,
         dotenv=env.values,
-        warnings=tuple(_by_line(report.warnings) + _by_line(env_report.warnings)),
+        warnings=(*_by_line(report.warnings), *_by_line(env_report.warnings)),
     )
 
 

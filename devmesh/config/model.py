@@ -173,7 +173,7 @@ class Config:
     tracing: TracingConfig = TracingConfig()
     env_file: Path | None = None  # the .env that was read, if any
     dotenv: Mapping[str, str] = field(default_factory=dict)  # its values, given to every service
-    # Read anyway, but the user should know (a .env line skipped): `check` and `up` print them.
+    # What `devmesh check` and `devmesh up` warn about (keys that do nothing yet, ...).
     warnings: tuple[ConfigIssue, ...] = ()
 
     @property

@@ -25,7 +25,9 @@ class Report:
         self.file = file
         self.lines: Mapping[Key, int] = lines or {}
         self.issues: list[ConfigIssue] = []
-        self.warnings: list[ConfigIssue] = []  # read anyway: shown, but nothing is refused
+        # Not mistakes that stop devmesh, but what the user must know: a key that does nothing
+        # yet, a line skipped. `devmesh check` and `devmesh up` print them.
+        self.warnings: list[ConfigIssue] = []
 
     def line(self, key: Key) -> int | None:
         """The line where `key` (or its nearest written parent) is."""
@@ -37,7 +39,7 @@ class Report:
         self.issues.append(ConfigIssue(self.file, where, dotted(key), message, fix))
 
     def warn(self, key: Key, message: str, fix: str = "", *, line: int | None = None) -> None:
-        """Record a warning at `key`: something skipped or ignored that the user should know."""
+        """Record one warning at `key` (an explicit `line` wins over the located one)."""
         where = line if line is not None else self.line(key)
         self.warnings.append(ConfigIssue(self.file, where, dotted(key), message, fix))
 
@@ -88,6 +90,10 @@ class Table:
     def issue(self, name: str, message: str, fix: str = "") -> None:
         """Report an issue about key `name` of this table."""
         self.report.add((*self.key, name), message, fix)
+
+    def warn(self, name: str, message: str, fix: str = "") -> None:
+        """A warning about key `name` of this table."""
+        self.report.warn((*self.key, name), message, fix)
 
     def get(self, name: str, convert: Callable[[object], T], default: T) -> T:
         """`convert(value)` of key `name`, or `default` if absent or invalid."""

@@ -39,7 +39,7 @@ SERVICE_KEYS = (
     "stop_signal", "stop_timeout", "start_secs", "max_restarts", "backoff",
 )  # fmt: skip
 
-_NO_SERVICES = ("no services defined", "add [services.NAME] with a command")
+NO_SERVICES_FIX = "add [services.NAME] with a command"
 
 
 def check_name(name: str) -> tuple[str, str] | None:
@@ -68,13 +68,9 @@ def read_services(
 ) -> dict[str, ServiceConfig]:
     """All `[services.NAME]` tables in file order, with the cross-service checks applied."""
     if data is None:
-        report.add((), *_NO_SERVICES)
-        return {}
+        return {}  # `devmesh proxy` needs none; `devmesh up` says what to add
     if not isinstance(data, dict):
-        report.add(("services",), f"must be a table, not {kind_of(data)}", _NO_SERVICES[1])
-        return {}
-    if not data:
-        report.add(("services",), *_NO_SERVICES)
+        report.add(("services",), f"must be a table, not {kind_of(data)}", NO_SERVICES_FIX)
         return {}
     services: dict[str, ServiceConfig] = {}
     dep_keys: dict[str, dict[str, Key]] = {}

@@ -116,12 +116,19 @@ class ControlClient:
             data = self.request("PUT", f"{target}?peer={quote(peer, safe='')}")
         return data
 
-    def attach(self, name: str, pid: int) -> dict[str, Any]:
-        """POST attach (`devmesh run`): the service is run by hand by process `pid`."""
+    def attach(self, name: str, pid: int, port: int | None = None) -> dict[str, Any]:
+        """POST attach (`devmesh run`): the service is run by hand by process `pid` (on `port`:
+        a service the config does not declare; 0 = a free port)."""
+        query = f"pid={pid}" + ("" if port is None else f"&port={port}")
         data: dict[str, Any] = self.request(
-            "POST", f"/v1/services/{quote(name, safe='')}/attach?pid={pid}"
+            "POST", f"/v1/services/{quote(name, safe='')}/attach?{query}"
         )
         return data
+
+    def release(self, name: str, pid: int) -> None:
+        """POST release: `devmesh run` (process `pid`) ends; the service goes back to what the
+        config says."""
+        self.request("POST", f"/v1/services/{quote(name, safe='')}/release?pid={pid}")
 
     def action(self, name: str, action: str) -> dict[str, Any]:
         """POST start/stop/restart of one service; the service's snapshot after it."""
@@ -136,10 +143,13 @@ class ControlClient:
     def wait_service(
         self, name: str, *, until: set[str], changed_from: int | None = None, timeout: float
     ) -> dict[str, Any]:
-        """Poll until the service is in a state of `until` (with a pid other than changed_from)."""
+        """Poll until the service is in a state of `until` (with a pid other than changed_from).
+        One that leaves the mesh (`devmesh run --port` ended, removed from the config) is
+        `stopped`."""
         deadline = time.monotonic() + timeout
+        gone = {"name": name, "state": "stopped", "pid": None, "reason": "", "exit_code": None}
         while True:
-            svc = next(s for s in self.status()["services"] if s["name"] == name)
+            svc = next((s for s in self.status()["services"] if s["name"] == name), gone)
             done = svc["state"] in until and (changed_from is None or svc["pid"] != changed_from)
             if done or time.monotonic() > deadline:
                 result: dict[str, Any] = svc

@@ -139,11 +139,15 @@ class ControlRole:
     async def service_action(self, request: Request) -> JSONResponse:
         """POST /v1/services/{name}/{start|stop|restart}."""
         action = request.path_params["action"]
-        if action == "attach":  # `devmesh run`: ?pid= of that command
-            pid = request.query_params.get("pid", "")
-            if not pid.isdigit():
-                return JSONResponse({"error": "attach needs ?pid=N"}, 400)
-            return await self.ask(action, name=request.path_params["name"], pid=int(pid))
+        if action in ("attach", "release"):  # `devmesh run`: ?pid= of that command [&port=N]
+            query = request.query_params
+            pid, port = query.get("pid", ""), query.get("port")
+            if not pid.isdigit() or (port is not None and not port.isdigit()):
+                return JSONResponse({"error": f"{action} needs ?pid=N[&port=N]"}, 400)
+            args: dict[str, Any] = {"name": request.path_params["name"], "pid": int(pid)}
+            if port is not None:
+                args["port"] = int(port)
+            return await self.ask(action, **args)
         if action not in SERVICE_ACTIONS:
             return JSONResponse({"error": f"unknown action {action!r}"}, 404)
         return await self.ask(action, name=request.path_params["name"])

@@ -2,7 +2,8 @@
 
 One task per run of a service; a probe that hangs holds only its own task (and is cut at its
 timeout). Until a run's first success, it is probed every `FAST` seconds at most, so a service
-that has just started gets traffic as soon as it answers; then every `interval`. What the
+that has just started gets traffic as soon as it answers; then every `interval`. An `eager`
+target (run by hand) is probed every `FAST` seconds whenever it does not answer. What the
 results mean (thresholds, the start period) is decided by the parent (`health.policy`).
 """
 
@@ -58,7 +59,7 @@ class HealthRole:
             self.runtime.send(
                 m.HealthResult(t.service, t.generation, result.ok, result.detail, latency)
             )
-            answered = answered or result.ok
+            answered = result.ok if t.eager else answered or result.ok
             pause = t.interval if answered else min(t.interval, FAST)
             await asyncio.sleep(max(0.0, pause - latency))
 

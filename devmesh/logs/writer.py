@@ -282,6 +282,11 @@ class LogSink:
 
     # -- devmesh's own messages ---------------------------------------------------------------
 
+    def rotate_at(self, max_bytes: int, backups: int) -> None:
+        """New rotation limits (`[log] max_size` and `backups`, after a reload): the next
+        batch written to each file follows them."""
+        self._max_bytes, self._backups = max_bytes, backups
+
     def system(self, text: str, service: str | None = None, level: int = logging.INFO) -> None:
         """Show devmesh's own message as a `devmesh` line; with `service`, also log it in that file.
 

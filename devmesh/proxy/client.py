@@ -237,9 +237,7 @@ class ClientProtocol(Outbox):
                         ex.local = 404
                 elif target.key is None:
                     ex.target = target
-                    ex.local = 503
-                    if target.mismatched:  # only other versions elsewhere, and strict
-                        self._local(ex, 502, "version mismatch: " + "; ".join(target.mismatched))
+                    ex.local = 503  # the page names the peers considered (versions, states)
                 else:
                     if target.remote_choice:
                         target = server.stuck(self.client_ip, target)

@@ -124,6 +124,8 @@ def unavailable(
     route = target.route
     reason = route.reason or detail
     extra = b"Retry-After: 1\r\n" if route.starting else b""
+    # Every peer that has it, and why none of them serves it (other version, not running).
+    peers = [*target.mismatched, *target.idle_peers]
     if as_json:
         body = _json(
             {
@@ -133,6 +135,7 @@ def unavailable(
                 "state": route.state,
                 "restarts": route.restarts,
                 "reason": reason,
+                "peers_considered": peers,
                 "last_lines": list(route.last_lines),
             }
         )
@@ -141,11 +144,17 @@ def unavailable(
         lines = "\n".join(route.last_lines)
         tail = f"<h2>Last lines of its output</h2><pre>{html.escape(lines)}</pre>" if lines else ""
         why = f"<p>{html.escape(reason)}</p>" if reason else ""
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in peers)
+        considered = (
+            f"<h2>Peers considered</h2><ul>{items}</ul>"
+            if peers
+            else "<p>No peer of this namespace runs it.</p>"
+        )
         body = _html(
             f"devmesh: {route.name} is {route.state}",
             f"<h1>{html.escape(route.name)} is {html.escape(route.state)}</h1>{why}"
             f"<table><tr><td>state</td><td>{html.escape(route.state)}</td></tr>"
-            f"<tr><td>restarts</td><td>{route.restarts}</td></tr></table>{tail}",
+            f"<tr><td>restarts</td><td>{route.restarts}</td></tr></table>{considered}{tail}",
             refresh=route.starting,
         )
         ctype = b"text/html; charset=utf-8"

@@ -20,8 +20,9 @@ HOST_CACHE_SIZE = 1024
 
 
 HOP_HEADER = b"X-DevMesh-Hop"
-# Peer states whose proxies are asked for a service.
-SERVING = frozenset(("running", "external"))
+# Peer states whose proxies are asked for a service (a peer announces a service it runs by hand
+# as `running` only while it answers there, else `external`).
+SERVING = frozenset(("running",))
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Target:
     peer_lines: dict[str, bytes] = field(default_factory=dict)
     # Peers left out because they run another version (`version_strict`): for the error page.
     mismatched: tuple[str, ...] = ()
+    # Peers that have the service but cannot serve it now (`bob (10.0.0.2): starting`).
+    idle_peers: tuple[str, ...] = ()
     # Served by one of several peers, none pinned: a client sticks to the one it had.
     remote_choice: bool = False
 
@@ -220,6 +223,12 @@ class Router:
         strict = self.table.version_strict
         pin = self._pins.get(route.name, "")
         candidates, mismatched = self._candidates(route, local_key, peers, strict, pin)
+        idle = tuple(
+            f"{p.name} ({p.address}): {s.state}"
+            for p in peers
+            for s in p.services
+            if s.name == route.name and s.state not in SERVING
+        )
         # A peer's proxy routes by the name and rewrites the Host for its own service.
         peer_lines = {
             c.peer: f"Host: {route.name}.localhost:{c.key[1]}\r\n".encode("latin-1") + self.hop_line
@@ -243,6 +252,7 @@ class Router:
             host_line,
             peer_lines,
             mismatched,
+            idle,
             remote_choice=(
                 first is not None
                 and bool(first.peer)
@@ -279,7 +289,10 @@ class Router:
                 if ours is not None and s.version != ours:
                     theirs = s.version or "none"
                     if strict:
-                        mismatched.append(f"{p.name} runs {route.name} {theirs}, this node {ours}")
+                        mismatched.append(
+                            f"{p.name} ({p.address}) runs {route.name} {theirs}, "
+                            f"this node declares {ours} (version_strict)"
+                        )
                         continue
                     warning = (
                         f"X-DevMesh-Version-Warning: {route.name} {theirs} from {p.name}, "

@@ -23,7 +23,7 @@ class ServiceRoute:
 
     name: str
     upstream: Upstream | None  # None: no address to try (stopped, failed, not started)
-    state: str  # the service state (starting, running, backoff, ... or "external")
+    state: str  # as peers see it: running (healthy), starting, backoff, ..., external
     restarts: int = 0
     reason: str = ""  # why it is down, as `devmesh status` shows it
     aliases: tuple[str, ...] = ()  # more host names (lowercase, no port)
@@ -31,6 +31,7 @@ class ServiceRoute:
     host_header: str = "canonical"  # "canonical" | "keep" | a fixed Host value
     last_lines: tuple[str, ...] = ()  # the end of its log, for the 503 page
     version: str | None = None
+    port: int = 0  # where this node's own copy listens (or would)
 
     @property
     def starting(self) -> bool:

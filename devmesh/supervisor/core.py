@@ -27,7 +27,9 @@ from typing import Any
 from devmesh import __version__
 from devmesh import messages as m
 from devmesh.config import ConfigError, load
+from devmesh.config.describe import describe_discovery
 from devmesh.config.model import Config
+from devmesh.config.services import check_name
 from devmesh.health.probes import expand
 from devmesh.logs.writer import LogSink
 from devmesh.metrics import ProbeStats, prepare_dir, probe_checks, worker_died
@@ -39,8 +41,8 @@ from devmesh.supervisor.lock import ProjectLock
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.reload import FileWatch, diff
 from devmesh.supervisor.routes import (
-    ROUTABLE,
     build_table,
+    by_hand_reason,
     describe_routes,
     peer_routes,
     public_state,
@@ -48,6 +50,7 @@ from devmesh.supervisor.routes import (
     url,
     version_mismatches,
 )
+from devmesh.supervisor.service import PROBED
 from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, STARTUP_LIMIT, WorkerHandle, WorkerSpec
@@ -99,6 +102,8 @@ class Supervisor:
         self._seq = 0
         self._forced = False
         self._retired: list[WorkerHandle] = []
+        # Retired workers that go on serving until their replacement is ready (discovery).
+        self._replaced: list[WorkerHandle] = []
         self._last_reap = 0.0
         self._watch_at = 0.0
         self._control_sock: socket.socket | None = None
@@ -123,6 +128,12 @@ class Supervisor:
         self._routes_at = 0.0
         self._watch = FileWatch((config.path, config.root / ".env"))
         self.config_error: list[str] = []
+        # What a saved config asks for that applies at the next start (`node.config_pending`).
+        self.config_pending: list[str] = []
+        self._started = config  # what this run was started with (the dashboard's socket)
+        # Set on the command line (or DEVMESH_LOG): the config's value does not apply.
+        self._log_override = bool(os.environ.get("DEVMESH_LOG", "").strip())
+        self._namespace_override = namespace or ""
         self._lock = ProjectLock(paths.lock)
         self.started_wall = time.time()
         self.services: ServiceSet | None = None
@@ -151,7 +162,12 @@ class Supervisor:
                 self.dashboard_url = f"http://127.0.0.1:{port}/"
             self._worker_env = prepare_dir(self.paths.metrics) | {"DEVMESH_LOG": self.log_level}
             self.services = ServiceSet(
-                self, self.config, namespace=self.namespace, node_id=self.node_id, only=self._only
+                self,
+                self.config,
+                namespace=self.namespace,
+                node_id=self.node_id,
+                only=self._only,
+                run_commands=not self.proxy_only,
             )
             self._start_workers()
             self.logs.system(
@@ -338,6 +354,7 @@ class Supervisor:
             proxy.port,
             proxy.workers,
             proxy.lan_access.value,
+            proxy.retries,
             (log.requests, log.format),
             (tracing.otlp_endpoint, tuple(tracing.otlp_headers.items())),
         )
@@ -447,10 +464,11 @@ class Supervisor:
         """Tell the health worker what to probe: every run that is up (a changed plan only)."""
         targets = []
         for s in self.svcs.services.values():
-            if s.health is None or s.state not in ROUTABLE:
+            if s.health is None or s.state not in PROBED:
                 continue
             check = s.config.health
             kind, target = (check.kind, check.target) if check else ("tcp", "127.0.0.1:$PORT")
+            by_hand = s.state is ServiceState.EXTERNAL or s.by_hand is not None
             targets.append(
                 m.ProbeTarget(
                     service=s.name,
@@ -460,6 +478,7 @@ class Supervisor:
                     interval=s.config.health_interval,
                     timeout=s.config.health_timeout,
                     cwd=str(s.config.cwd),
+                    eager=by_hand and kind != "cmd",  # a command every 250 ms would cost
                 )
             )
         plan = m.HealthPlan(targets=tuple(targets))
@@ -483,7 +502,18 @@ class Supervisor:
         if svc.health.readiness:  # only its port is checked
             status = "ready" if msg.ok else "not ready"
         level = logging.WARNING if status in ("unhealthy", "not ready") else logging.INFO
-        self.logs.system(f"{svc.name} is {status}{detail}", svc.name, level)
+        if svc.state is ServiceState.EXTERNAL:  # run by hand: whether it is here at all
+            level = logging.INFO
+            self.logs.system(
+                f"{svc.name} answers on port {svc.port}: served here"
+                if svc.healthy
+                else f"{svc.name} no longer answers on port {svc.port}{detail}: "
+                "not served here (a peer's copy is used if there is one)",
+                svc.name,
+                level,
+            )
+        else:
+            self.logs.system(f"{svc.name} is {status}{detail}", svc.name, level)
         self.svcs.dirty = True  # dependents waiting for "healthy"; the routes follow
         if status == "unhealthy" and svc.config.restart_on_unhealthy:
             self.svcs.end_unhealthy(svc)
@@ -521,23 +551,110 @@ class Supervisor:
             self.logs.system(f"config not applied: {self.config_error[0]}", level=logging.ERROR)
             return
         self.config_error = []
-        for warning in new.warnings:  # e.g. a .env line skipped
+        for warning in sorted(set(map(str, new.warnings)) - set(map(str, self.config.warnings))):
             self.logs.system(f"warning: {warning}", level=logging.WARNING)
-        if self.proxy_only:
-            new = replace(new, services={})
+        saved = new
+        # The dashboard's socket was bound at start: what runs keeps it (config_pending says).
+        new = replace(new, dashboard=self._started.dashboard)
         change = diff(self.config, new)
-        if new.dashboard != self.config.dashboard:
-            # Its socket was bound at start; the rest of the new config applies now.
+        if not change.empty:
+            self.logs.system(f"config reloaded: {change.describe()}")
+            old, self.config = self.config, new
+            self.svcs.apply(new, change)
+            self._apply_sections(old, new)
+        self._pending(saved)
+
+    def _apply_sections(self, old: Config, new: Config) -> None:
+        """The node-wide sections of a reloaded config, applied live; each says what it did."""
+        self._reconcile_proxy()  # [proxy] port, workers, lan_access, retries; request lines; spans
+        if (old.proxy.version_strict, old.proxy.retries) != (
+            new.proxy.version_strict,
+            new.proxy.retries,
+        ):
             self.logs.system(
-                "[dashboard] changed: it applies when devmesh restarts", level=logging.WARNING
+                f"[proxy] applied: retries {new.proxy.retries}, version_strict "
+                f"{str(new.proxy.version_strict).lower()}"
             )
-            self.config = replace(self.config, dashboard=new.dashboard)
-        if change.empty:
-            return
-        self.logs.system(f"config reloaded: {change.describe()}")
-        self.config = new
-        self.svcs.apply(new, change)
-        self._reconcile_proxy()
+        if old.log.level != new.log.level and not self._log_override:
+            self._set_log_level(new.log.level)
+        if (old.log.max_size, old.log.backups) != (new.log.max_size, new.log.backups):
+            self.logs.rotate_at(new.log.max_size, new.log.backups)
+            self.logs.system(
+                f"[log] applied: rotate at {new.log.max_size} bytes, keep {new.log.backups}"
+            )
+        namespace = self._namespace_override or resolve_namespace(new.mesh.namespace, new.root)
+        moved = namespace != self.namespace
+        if moved:
+            self.logs.system(
+                f"[mesh] namespace is now {namespace} (was {self.namespace}): said goodbye to "
+                "the old one; services see DEVMESH_NAMESPACE change when they restart"
+            )
+            self.namespace = self.svcs.namespace = namespace
+            self.peers = m.PeersUpdate(peers=(), stats=self.peers.stats)
+        if moved or old.discovery != new.discovery:
+            self._reconcile_discovery(goodbye=moved or not self.discovery_enabled)
+        self._push_routes(force=True)  # version_strict, and peers that left with a namespace
+
+    def _reconcile_discovery(self, *, goodbye: bool) -> None:
+        """A discovery worker with the current settings. The old one says goodbye (a namespace
+        left, discovery turned off) or is replaced silently: it goes on announcing until the new
+        one is ready, which goes on with the same node id and a growing sequence, so peers see
+        no leave and no join."""
+        old = self.workers.pop("discovery", None)
+        if old is not None and old.process is not None:
+            old.state = WorkerState.STOPPING
+            self._retired.append(old)
+            if goodbye:
+                old.send(m.Stop())
+            else:
+                self._replaced.append(old)  # killed when the new one says Ready
+        if self.discovery_enabled:
+            self._add_worker(
+                WorkerSpec(
+                    "discovery",
+                    "devmesh.discovery.worker:make_role",
+                    settings=self._discovery_settings,
+                )
+            )
+            self.logs.system(f"[discovery] applied: {describe_discovery(self.config)}")
+        else:
+            self.peers = m.PeersUpdate(peers=(), stats=self.peers.stats)
+            self.logs.system("[discovery] applied: off")
+
+    def _set_log_level(self, level: str) -> None:
+        """devmesh's own verbosity, now: here and in every worker (and those started later)."""
+        self.log_level = level
+        self.logs.level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        self._worker_env["DEVMESH_LOG"] = level
+        for handle in self.workers.values():
+            handle.send(m.LogLevel(level))
+        self.logs.system(f"[log] applied: level {level}")
+
+    def _pending(self, saved: Config) -> None:
+        """What the saved config asks for that applies only at the next start (or that the
+        command line overrides): logged once, and shown as `node.config_pending`."""
+        new = saved
+        pending = []
+        if new.dashboard != self._started.dashboard:
+            pending.append(
+                "[dashboard]: applies when devmesh restarts (its port is bound at start)"
+            )
+        if self._log_override and new.log.level != self.log_level:
+            pending.append(
+                f"[log] level {new.log.level}: --log-level/DEVMESH_LOG {self.log_level} "
+                "wins while this devmesh runs"
+            )
+        if self._namespace_override and (
+            resolve_namespace(new.mesh.namespace, new.root) != self._namespace_override
+        ):
+            pending.append(
+                f"[mesh] namespace: --namespace {self._namespace_override} wins while this "
+                "devmesh runs"
+            )
+        for line in pending:
+            if line not in self.config_pending:
+                self.logs.system(f"config not applied: {line}", level=logging.WARNING)
+        self.config_pending = pending
 
     def _start_worker(self, handle: WorkerHandle) -> None:
         handle.start(time.monotonic())
@@ -556,7 +673,11 @@ class Supervisor:
     def _from_worker(self, handle: WorkerHandle) -> None:
         messages, eof = handle.receive(time.monotonic())
         for msg in messages:
-            if isinstance(msg, m.ControlRequest):
+            if isinstance(msg, m.Ready):
+                for old in [h for h in self._replaced if h.name == handle.name]:
+                    self._replaced.remove(old)
+                    old.kill()  # its replacement serves now
+            elif isinstance(msg, m.ControlRequest):
                 handle.send(self._control(msg))
             elif isinstance(msg, m.PeersUpdate):
                 self._peers_changed(msg)
@@ -578,6 +699,8 @@ class Supervisor:
             worker_died(self.paths.metrics, pid)
         if handle in self._retired:  # replaced after a config change
             self._retired.remove(handle)
+            if handle in self._replaced:
+                self._replaced.remove(handle)
             handle.reap(time.monotonic(), restart=False)
             return
         stopping = handle.state is WorkerState.STOPPING or self.shutting_down
@@ -728,18 +851,13 @@ class Supervisor:
                 self.begin_shutdown()
             return m.ControlReply(id=req.id, ok=True, data={"pid": os.getpid()})
         name = str(req.args.get("name", ""))
+        if self.shutting_down:
+            return fail(409, "devmesh is shutting down")
+        if req.action in ("attach", "release"):
+            return self._by_hand(req, name)
         svc = self.svcs.services.get(name)
         if svc is None:
             return fail(404, unknown_service(name, self.svcs.services))
-        if self.shutting_down:
-            return fail(409, "devmesh is shutting down")
-        if svc.config.command is None and req.action != "attach":
-            return fail(409, f"{name} has no command: it is an external service")
-        if req.action == "attach":
-            error = self.svcs.attach(svc, int(req.args.get("pid", 0)))
-            if error:
-                return fail(409, error)
-            return m.ControlReply(id=req.id, ok=True, data=svc.snapshot(time.monotonic()))
         actions = {
             "start": self.svcs.user_start,
             "stop": self.svcs.user_stop,
@@ -750,6 +868,45 @@ class Supervisor:
         error = actions[req.action](svc)
         if error:
             return fail(409, error)
+        return m.ControlReply(id=req.id, ok=True, data=svc.snapshot(time.monotonic()))
+
+    def _by_hand(self, req: m.ControlRequest, name: str) -> m.ControlReply:
+        """`devmesh run NAME [--port N]` registers (attach) a service run by hand, declared or
+        not; its end (release) hands it back to what the config says."""
+        pid = int(req.args.get("pid", 0))
+        raw_port = req.args.get("port")
+        port = None if raw_port is None else int(raw_port)
+        svcs = self.svcs
+        svc = svcs.services.get(name)
+
+        def fail(status: int, error: str) -> m.ControlReply:
+            return m.ControlReply(id=req.id, ok=False, status=status, error=error)
+
+        if req.action == "release":
+            if svc is not None and svc.by_hand == pid:
+                svcs.detach(svc, " (devmesh run ended)", by_user=False)
+            return m.ControlReply(id=req.id, ok=True, data={})
+        if svc is None:
+            if port is None:
+                return fail(
+                    404,
+                    unknown_service(name, svcs.services)
+                    + f"; to run an undeclared service, give its port: devmesh run {name} --port N",
+                )
+            bad = check_name(name)
+            if bad is not None:
+                return fail(400, f"{bad[0]}; {bad[1]}")
+            svc = svcs.register(name, port, pid)
+        else:
+            if port not in (None, 0, svc.port):
+                return fail(
+                    409,
+                    f"{name} is on port {svc.port} here; drop --port, or change its port "
+                    f"in {self.config.path.name}",
+                )
+            error = svcs.attach(svc, pid)
+            if error:
+                return fail(409, error)
         return m.ControlReply(id=req.id, ok=True, data=svc.snapshot(time.monotonic()))
 
     def status(self) -> dict[str, Any]:
@@ -776,6 +933,7 @@ class Supervisor:
                     "refused": sum(self._proxy_refused.values()),
                 },
                 "config_error": self.config_error,
+                "config_pending": self.config_pending,
                 "routes_version": self._routes.version if self._routes else 0,
                 "dashboard": {
                     "url": self.dashboard_url or None,
@@ -785,6 +943,7 @@ class Supervisor:
             "services": [
                 s.snapshot(now)
                 | {"url": url(s.name, self.config.proxy.port), "routable": routable(s)}
+                | ({"reason": by_hand_reason(s)} if s.state is ServiceState.EXTERNAL else {})
                 for s in self.svcs.services.values()
             ],
             "workers": [w.snapshot() for w in self.workers.values()],

@@ -11,10 +11,10 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from devmesh.config.model import Config, DependCondition
+from devmesh.config.model import Config, DependCondition, ServiceConfig
 from devmesh.logs.writer import LogSink
 from devmesh.supervisor import frameworks, policy, procs
 from devmesh.supervisor.reload import ConfigDiff
@@ -28,6 +28,7 @@ LINGER_POLL = 0.05  # while a stopped service's group still has members
 # otherwise read every process's environment once per loop iteration.
 SCAN_TTL = 0.25
 HISTORY = 20  # exits kept per service (more if max_restarts needs them)
+PROXY_ONLY = "not started (devmesh proxy): `devmesh run NAME` or `devmesh start NAME`"
 
 
 class Host(Protocol):
@@ -46,11 +47,21 @@ class ServiceSet:
     """Every service of the project and the rules that move them between states."""
 
     def __init__(
-        self, host: Host, config: Config, *, namespace: str, node_id: str, only: Sequence[str]
+        self,
+        host: Host,
+        config: Config,
+        *,
+        namespace: str,
+        node_id: str,
+        only: Sequence[str],
+        run_commands: bool = True,
     ) -> None:
         self.host = host
         self.config = config
         self.namespace = namespace
+        # False for `devmesh proxy`: no command is started on its own (services run by hand
+        # are still probed and routed, and `devmesh run` or `devmesh start` may add more).
+        self.run_commands = run_commands
         # Marks every process of this run (DEVMESH_INSTANCE=<node_id>.<n>), so that a process
         # that left its service's group can still be found and stopped.
         self.node_id = node_id
@@ -69,19 +80,27 @@ class ServiceSet:
         ports = procs.free_ports(sum(1 for c in cfgs if c.port is None))
         for cfg in cfgs:
             port = cfg.port if cfg.port is not None else ports.pop()
-            self.services[cfg.name] = Service(config=cfg, port=port, wanted=cfg.name in wanted)
+            want = cfg.name in wanted and (self.run_commands or cfg.command is None)
+            svc = self.services[cfg.name] = Service(config=cfg, port=port, wanted=want)
+            if not self.run_commands and cfg.command is not None:
+                svc.reason = PROXY_ONLY
             if cfg.command is not None:
                 self.host.logs.open(cfg.name)
-        self._urls = {
-            f"DEVMESH_{env_name(s.name)}_URL": f"http://localhost:{s.port}"
-            for s in self.services.values()
-        }
+        self._set_urls()
+
+    def _set_urls(self) -> None:
+        self._ports = {s.name: s.port for s in self.services.values()}
 
     def apply(self, config: Config, change: ConfigDiff) -> None:
         """Run `config` from now on: start what was added, restart what changed, stop what
         was removed; leave everything else alone."""
         self.config = config
-        self._add(list(change.added), set(change.added))
+        for name in change.added:  # declared now: what `devmesh run --port` added stays
+            svc = self.services.get(name)
+            if svc is not None and svc.adhoc:
+                svc.adhoc, svc.config = False, config.services[name]
+        added = [n for n in change.added if n not in self.services]
+        self._add(added, set(added))
         restart = set(change.changed)
         if change.env_changed:
             restart |= {n for n, c in config.services.items() if c.command is not None}
@@ -95,12 +114,16 @@ class ServiceSet:
             if svc.state in (S.STARTING, S.RUNNING, S.STOPPING):
                 svc.restart_after_stop = True
                 self.stop(svc)
-            elif svc.state in (S.EXITED, S.FAILED, S.BACKOFF) and svc.wanted:
+            elif svc.state is S.EXTERNAL or (
+                svc.state in (S.EXITED, S.FAILED, S.BACKOFF) and svc.wanted
+            ):
                 svc.to(S.STOPPED)  # the new config gets its chance; advance() starts it
         for name in change.removed:
             svc = self.services[name]
             svc.removing = True
             svc.user_stopped = True
+            if svc.by_hand is not None:
+                continue  # forgotten when `devmesh run` ends
             if svc.state in (S.STARTING, S.RUNNING):
                 self.stop(svc)
             elif svc.state is not S.STOPPING:
@@ -127,15 +150,9 @@ class ServiceSet:
 
     def env(self, svc: Service) -> dict[str, str]:
         """The environment of a service: ours, .env, its own env, then what devmesh defines."""
-        env = dict(os.environ)
-        env.update(self.config.dotenv)
-        env.update(svc.config.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")  # output line by line without the user asking
-        own = f"DEVMESH_{env_name(svc.name)}_URL"
-        env.update({k: v for k, v in self._urls.items() if k != own})
-        env["PORT"] = str(svc.port)
-        env["DEVMESH_SERVICE"] = svc.name
-        env["DEVMESH_NAMESPACE"] = self.namespace
+        env = service_env(
+            os.environ, self.config, svc.config, svc.port, self.namespace, self._ports
+        )
         env["DEVMESH_INSTANCE"] = svc.instance
         return env
 
@@ -151,7 +168,8 @@ class ServiceSet:
             if not svc.wanted or svc.user_stopped or svc.state is not S.STOPPED:
                 continue
             if svc.config.command is None:
-                continue  # external: announced by `devmesh run`
+                self._expect_by_hand(svc)
+                continue
             blocked = self._blocked_by(svc)
             if blocked is None:
                 self.start(svc)
@@ -185,6 +203,17 @@ class ServiceSet:
             svc.reason = "waiting for " + ", ".join(waiting)
             return ""
         return None
+
+    def _expect_by_hand(self, svc: Service) -> None:
+        """A service with no command: the user runs it by hand. Probed from now on; routed here
+        and announced while it answers (STOPPED -> EXTERNAL)."""
+        self._spawns += 1
+        svc.instance = f"{self.node_id}.ext.{self._spawns}"
+        svc.to(S.EXTERNAL, "")
+        svc.ever_started = True
+        svc.started_wall = time.time()
+        svc.new_health(time.monotonic())
+        self.dirty = True
 
     def start(self, svc: Service) -> None:
         """Spawn the service's process (its dependencies were checked by the caller)."""
@@ -254,7 +283,7 @@ class ServiceSet:
         # A copy: a removed service that finishes stopping leaves the dict.
         for svc in list(self.services.values()):
             if svc.by_hand is not None and not procs.pid_alive(svc.by_hand):
-                self.detach(svc, f" (devmesh run, pid {svc.by_hand}, ended)")
+                self.detach(svc, f" (devmesh run, pid {svc.by_hand}, ended)", by_user=False)
             if svc.proc is not None:
                 code = svc.proc.popen.poll()
                 if code is not None:
@@ -327,6 +356,10 @@ class ServiceSet:
         """Send the stop signal to the service's group; SIGKILL after stop_timeout."""
         if svc.by_hand is not None:
             self.detach(svc, "")  # not ours to signal: it is only no longer announced
+            return
+        if svc.state is S.EXTERNAL:  # EXTERNAL -> STOPPED: no longer probed, routed, announced
+            svc.to(S.STOPPED, "stopped by user" if svc.user_stopped else "")
+            self.dirty = True
             return
         if svc.state is S.BACKOFF:
             svc.to(S.STOPPED, "stopped by user" if svc.user_stopped else "")
@@ -415,7 +448,7 @@ class ServiceSet:
 
     def attach(self, svc: Service, pid: int) -> str:
         """`devmesh run`: the user runs the service by hand on its port; devmesh routes to it
-        and announces it as running until that command ends. '' or why not."""
+        and announces it while its port answers, until that command ends. '' or why not."""
         if svc.by_hand is not None:
             return f"{svc.name} is already run by hand (devmesh run, pid {svc.by_hand})"
         if svc.state in ALIVE_STATES or svc.state is S.BACKOFF:
@@ -424,7 +457,7 @@ class ServiceSet:
                 f"stop it first with `devmesh stop {svc.name}`"
             )
         if svc.state is not S.STOPPED:
-            svc.to(S.STOPPED)
+            svc.to(S.STOPPED)  # EXTERNAL/EXITED/FAILED -> STOPPED
         svc.by_hand = pid
         svc.user_stopped = True  # devmesh never starts it while it is run by hand
         svc.instance = f"{self.node_id}.hand.{pid}"
@@ -435,23 +468,38 @@ class ServiceSet:
         self.dirty = True
         return ""
 
-    def detach(self, svc: Service, why: str) -> None:
-        """The end of `devmesh run` for `svc`: no longer routed here nor announced."""
+    def register(self, name: str, port: int, pid: int) -> Service:
+        """`devmesh run NAME --port N` for a name the config does not declare: a service that
+        lasts as long as that command (`port` 0: a free one)."""
+        cfg = ServiceConfig(name=name, port=port or None, cwd=self.config.root)
+        svc = Service(config=cfg, port=port or procs.free_ports(1)[0], adhoc=True)
+        self.services[name] = svc
+        self._set_urls()
+        self.attach(svc, pid)
+        return svc
+
+    def detach(self, svc: Service, why: str, *, by_user: bool = True) -> None:
+        """The end of `devmesh run` for `svc`: no longer routed here nor announced. A declared
+        service without a command goes back to being probed on its port, unless the user
+        stopped it (`devmesh stop`); one that only `devmesh run` declared is forgotten."""
         if svc.by_hand is None:
             return
         svc.by_hand = None
         svc.to(S.STOPPING)
-        svc.to(S.STOPPED, "stopped by user")
+        svc.to(S.STOPPED, "stopped by user" if by_user else "")
         self.host.logs.system(f"{svc.name} no longer run by hand{why}", svc.name)
-        if svc.removing:
+        if svc.removing or svc.adhoc:
             del self.services[svc.name]
+            self._set_urls()
+        elif svc.config.command is None and not by_user:
+            svc.user_stopped = False  # advance(): STOPPED -> EXTERNAL
         self.dirty = True
 
     def user_start(self, svc: Service) -> str:
         """`devmesh start`: start it and whatever it needs; '' or why not."""
         if svc.by_hand is not None:
             return f"{svc.name} is run by hand (devmesh run, pid {svc.by_hand})"
-        if svc.state in ALIVE_STATES:
+        if svc.state in ALIVE_STATES or svc.state is S.EXTERNAL:
             return f"{svc.name} is already {svc.state.value}"
         svc.history.clear()  # a user start forgives an old crash loop
         for name in policy.closure([svc.name], self.depends()):
@@ -482,6 +530,8 @@ class ServiceSet:
         """`devmesh restart`: stop it if it runs, then start it again."""
         if svc.by_hand is not None:
             return f"{svc.name} is run by hand (devmesh run, pid {svc.by_hand})"
+        if svc.config.command is None:
+            return f"{svc.name} has no command: you run it by hand, so devmesh cannot restart it"
         svc.user_stopped = False
         svc.history.clear()
         if svc.state in (S.STARTING, S.RUNNING, S.STOPPING):
@@ -518,6 +568,34 @@ class ServiceSet:
                 action(svc)
 
         self.host.at(time.monotonic() + delay, fire)
+
+
+def service_env(
+    base: Mapping[str, str],
+    config: Config,
+    cfg: ServiceConfig,
+    port: int,
+    namespace: str,
+    ports: Mapping[str, int],
+) -> dict[str, str]:
+    """A service's environment: `base` (devmesh's own), .env, its `env`, then what devmesh
+    defines (`PORT`, `DEVMESH_<NAME>_URL` of the others, ...). `devmesh run NAME -- CMD` gives
+    its command the same."""
+    env = dict(base)
+    env.update(config.dotenv)
+    env.update(cfg.env)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # output line by line without the user asking
+    env.update(
+        {
+            f"DEVMESH_{env_name(n)}_URL": f"http://localhost:{p}"
+            for n, p in ports.items()
+            if n != cfg.name
+        }
+    )
+    env["PORT"] = str(port)
+    env["DEVMESH_SERVICE"] = cfg.name
+    env["DEVMESH_NAMESPACE"] = namespace
+    return env
 
 
 def env_name(name: str) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from devmesh.config.model import Config, ServiceConfig
 
+# The node-wide sections of devmesh.toml, as `Config` fields.
+NODE_SECTIONS = ("mesh", "proxy", "discovery", "log", "dashboard", "tracing")
+
 
 @dataclass(frozen=True)
 class ConfigDiff:
@@ -21,15 +24,13 @@ class ConfigDiff:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
-    proxy_changed: bool = False
+    sections: tuple[str, ...] = ()  # node-wide sections that changed: "proxy", "discovery", ...
     env_changed: bool = False  # .env: every service with a command restarts
 
     @property
     def empty(self) -> bool:
         """Nothing to do."""
-        return not (
-            self.added or self.removed or self.changed or self.proxy_changed or self.env_changed
-        )
+        return not (self.added or self.removed or self.changed or self.sections or self.env_changed)
 
     def describe(self) -> str:
         """`added web; changed api; removed old` for the log."""
@@ -44,8 +45,8 @@ class ConfigDiff:
         ]
         if self.env_changed:
             parts.append(".env changed")
-        if self.proxy_changed:
-            parts.append("[proxy] changed")
+        if self.sections:
+            parts.append(", ".join(f"[{s}]" for s in self.sections) + " changed")
         return "; ".join(parts) or "no changes"
 
 
@@ -64,8 +65,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
             for n in new.services
             if n in old.services and not _same(old.services[n], new.services[n])
         ),
-        # What the proxy workers are started with: [proxy], request lines, span export.
-        proxy_changed=(old.proxy, old.log, old.tracing) != (new.proxy, new.log, new.tracing),
+        sections=tuple(s for s in NODE_SECTIONS if getattr(old, s) != getattr(new, s)),
         env_changed=dict(old.dotenv) != dict(new.dotenv),
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from devmesh.proxy.router import Candidate, Router
 from devmesh.proxy.table import PeerRoute, PeerService, RouteTable, ServiceRoute, Upstream
-from devmesh.supervisor.service import Service
+from devmesh.supervisor.service import PROBED, Service
 from devmesh.supervisor.states import ServiceState
 
 S = ServiceState
@@ -18,39 +18,55 @@ RTT_STEP = 5  # ms: peers nearer to each other than this count as equally near
 
 
 def public_state(svc: Service) -> str:
-    """The state the proxy and peers see: `running` only once healthy."""
+    """The state the proxy and peers see: `running` only once healthy; a service the user runs
+    by hand (external) is `running` while it answers on its port, else `external`."""
+    if svc.state is S.EXTERNAL:
+        return "running" if svc.healthy else "external"
     if svc.state in ROUTABLE and not svc.healthy:
         h = svc.health
         return "unhealthy" if h is not None and h.status.value == "unhealthy" else "starting"
     return svc.state.value
 
 
-def is_external(svc: Service) -> bool:
-    """A service devmesh does not run (no command) and nobody runs by hand here."""
-    return svc.config.command is None and svc.by_hand is None
-
-
 def routable(svc: Service) -> bool:
-    """Whether the proxy sends this node's own copy traffic: a run its probes call healthy
-    (an external service is not probed)."""
-    return is_external(svc) or (svc.state in ROUTABLE and svc.healthy)
+    """Whether the proxy sends this node's own copy traffic: a run its probes call healthy, or
+    a service run by hand while it answers."""
+    return svc.state in PROBED and svc.healthy
+
+
+def not_answering(svc: Service) -> str:
+    """Why an external service gets no traffic here: what its probes found."""
+    h = svc.health
+    if svc.config.health is not None and h is not None and h.last_ok is False:
+        return f"run by hand on port {svc.port}: health check failed ({h.last_detail})"
+    return f"nothing listens on port {svc.port} here (it is run by hand)"
+
+
+def by_hand_reason(svc: Service) -> str:
+    """What `devmesh status` says of an external service: served here or why not."""
+    if routable(svc):
+        return f"run by hand: answers on port {svc.port}, served here"
+    return not_answering(svc)
 
 
 def service_route(svc: Service, tail: Callable[[str, int], list[str]]) -> ServiceRoute:
     """What the proxy needs to know about one service."""
     cfg = svc.config
-    external = is_external(svc)
+    up = routable(svc)
+    external = svc.state is S.EXTERNAL
+    quiet = external or svc.state is S.RUNNING or cfg.command is None
     return ServiceRoute(
         name=svc.name,
-        upstream=Upstream("127.0.0.1", svc.port) if routable(svc) else None,
-        state="external" if external else public_state(svc),
+        upstream=Upstream("127.0.0.1", svc.port) if up else None,
+        state=public_state(svc),
         restarts=svc.restarts,
-        reason=svc.reason,
+        reason=not_answering(svc) if external and not up else svc.reason,
         aliases=tuple(a.lower() for a in cfg.aliases),
         routes=cfg.routes,
         host_header=cfg.host_header,
-        last_lines=() if external or svc.state is S.RUNNING else tuple(tail(svc.name, TAIL_LINES)),
+        last_lines=() if quiet else tuple(tail(svc.name, TAIL_LINES)),
         version=cfg.version,
+        port=svc.port,
     )
 
 

@@ -12,6 +12,9 @@ from devmesh.supervisor.policy import Exit
 from devmesh.supervisor.procs import Spawned
 from devmesh.supervisor.states import ServiceState, check_transition
 
+# States whose service is probed: a run of ours, or one the user runs by hand (external).
+PROBED = frozenset({ServiceState.STARTING, ServiceState.RUNNING, ServiceState.EXTERNAL})
+
 
 @dataclass
 class OutputPipe:
@@ -46,6 +49,7 @@ class Service:
     reason: str = ""  # why it is EXITED / FAILED / BACKOFF
     timer_token: int = 0  # bumps on every transition: stale timers see a different token
     by_hand: int | None = None  # `devmesh run`: the pid of that command while it lasts
+    adhoc: bool = False  # not in the config: `devmesh run NAME --port N` added it
     health: HealthTracker | None = None  # the verdict on the current run (None: not probed)
 
     def new_health(self, now: float) -> None:
@@ -63,15 +67,7 @@ class Service:
     def healthy(self) -> bool:
         """Whether the current run is up and its probes say healthy."""
         h = self.health
-        return (
-            h is not None
-            and h.status is Health.HEALTHY
-            and self.state
-            in (
-                ServiceState.STARTING,
-                ServiceState.RUNNING,
-            )
-        )
+        return h is not None and h.status is Health.HEALTHY and self.state in PROBED
 
     @property
     def name(self) -> str:
@@ -97,7 +93,7 @@ class Service:
 
     def _health_snapshot(self, now: float) -> dict[str, Any] | None:
         h = self.health
-        if h is None or self.state not in (ServiceState.STARTING, ServiceState.RUNNING):
+        if h is None or self.state not in PROBED:
             return None
         wall = time.time()
         return {
@@ -132,4 +128,5 @@ class Service:
             "stop_timeout": self.config.stop_timeout,
             "start_secs": self.config.start_secs,
             "by_hand": self.by_hand,
+            "declared": not self.adhoc,
         }

@@ -15,6 +15,9 @@ class ServiceState(enum.StrEnum):
     STOPPING = "stopping"  # stop signal sent, waiting for the group to exit
     EXITED = "exited"  # exited on its own and the restart policy says stay down
     FAILED = "failed"  # crash loop, or it could not be spawned at all
+    # No command: the user runs it by hand (devmesh 0.1.x). Probed on its port, routed here and
+    # announced only while it answers; otherwise a peer's copy serves it.
+    EXTERNAL = "external"
 
 
 # A process exists for these states.
@@ -24,13 +27,14 @@ DOWN_STATES = frozenset({ServiceState.STOPPED, ServiceState.EXITED, ServiceState
 
 _S = ServiceState
 SERVICE_EDGES: dict[ServiceState, frozenset[ServiceState]] = {
-    _S.STOPPED: frozenset({_S.STARTING, _S.FAILED}),  # FAILED: spawn itself failed
+    _S.STOPPED: frozenset({_S.STARTING, _S.FAILED, _S.EXTERNAL}),  # FAILED: spawn itself failed
     _S.STARTING: frozenset({_S.RUNNING, _S.BACKOFF, _S.EXITED, _S.FAILED, _S.STOPPING}),
     _S.RUNNING: frozenset({_S.BACKOFF, _S.EXITED, _S.FAILED, _S.STOPPING}),
     _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPED, _S.FAILED}),
     _S.STOPPING: frozenset({_S.STOPPED}),
     _S.EXITED: frozenset({_S.STARTING, _S.STOPPED}),
     _S.FAILED: frozenset({_S.STARTING, _S.STOPPED}),
+    _S.EXTERNAL: frozenset({_S.STOPPED}),  # stopped by the user, `devmesh run`, or removed
 }
 
 

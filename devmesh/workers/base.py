@@ -88,12 +88,22 @@ class WorkerRuntime:
         if isinstance(msg, m.Stop):
             if self.role is not None:
                 self.role.stop()
+        elif isinstance(msg, m.LogLevel):
+            set_log_level(msg.level)
         elif self.role is not None:
             self.role.handle(msg)
 
     def _parent_gone(self) -> None:
         # Nobody is left to report to and every client was the parent's: leave now.
         os._exit(0)
+
+
+def set_log_level(level: str) -> None:
+    """The worker's logging at `level` (debug, info, warning, error)."""
+    level = level.upper()
+    logging.getLogger().setLevel(logging.getLevelNamesMapping().get(level, logging.INFO))
+    # uvicorn's start and stop lines are noise at the other levels.
+    logging.getLogger("uvicorn").setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)
 
 
 def worker_main(
@@ -115,13 +125,8 @@ def worker_main(
     if not isinstance(configure, m.Configure) or configure.protocol != m.PROTOCOL:
         sys.exit(3)
     # Python logging of the worker (errors it caught, debug detail) to the parent's stderr.
-    level = os.environ.get("DEVMESH_LOG", "info").upper()
-    logging.basicConfig(
-        level=logging.getLevelNamesMapping().get(level, logging.INFO),
-        format=f"devmesh {name}: %(levelname)s %(message)s",
-    )
-    if level != "DEBUG":  # uvicorn's start and stop lines are noise at the other levels
-        logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    logging.basicConfig(format=f"devmesh {name}: %(levelname)s %(message)s")
+    set_log_level(os.environ.get("DEVMESH_LOG", "info"))
     module_name, _, func_name = factory_path.partition(":")
     module = __import__(module_name, fromlist=[func_name])
     factory: RoleFactory = getattr(module, func_name)

@@ -209,7 +209,11 @@
       const why = [svc.reason, exitText(svc)].filter(Boolean).join("; ");
       badge.title = why;
       const health = svc.health;
-      setText(c.health, health ? health.status : "–");
+      // A service checked by its port only is ready or not listening, never "healthy".
+      const said = health && health.check === "port"
+        ? (health.status === "healthy" ? "ready" : "not listening")
+        : health && health.status;
+      setText(c.health, health ? said : "–");
       setClass(c.health, health ? `health-${health.status}` : "muted");
       c.health.title = health ? [health.check, health.detail].filter(Boolean).join(": ") : "";
       setText(c.restarts, svc.restarts);
@@ -219,15 +223,17 @@
       const link = c.url.firstChild;
       if (link.getAttribute("href") !== svc.url) link.setAttribute("href", svc.url || "#");
       setText(link, svc.url ? svc.url.replace(/^https?:\/\//, "").replace(/\/$/, "") : "");
-      const external = svc.command === null || svc.command === undefined;
+      // No command: run by hand. Stop takes it out of the mesh, Start puts it back; devmesh
+      // cannot restart what it does not run.
+      const byHand = svc.command === null || svc.command === undefined;
       for (const [action, button] of Object.entries(row.buttons)) {
         const allowed =
           action === "start"
             ? STARTABLE.has(svc.state)
             : action === "stop"
-              ? STOPPABLE.has(svc.state)
-              : svc.state !== "stopping";
-        button.disabled = external || !allowed || pending.has(`${svc.name}/${action}`);
+              ? STOPPABLE.has(svc.state) || svc.state === "external"
+              : !byHand && svc.state !== "stopping";
+        button.disabled = !allowed || pending.has(`${svc.name}/${action}`);
       }
       renderUsage(svc.name);
     });
