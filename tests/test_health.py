@@ -222,6 +222,9 @@ def test_restart_on_unhealthy_uses_the_crash_backoff(project: Project) -> None:
         unhealthy_threshold = 2
         restart_on_unhealthy = true
         max_restarts = 2
+        # Every run ends while still starting, however slow the probes are on a loaded
+        # machine: each is a quick crash, so the crash-loop limit is met at the third.
+        start_secs = "60s"
         """
     )
     run = project.up()
