@@ -26,6 +26,7 @@ class HealthRole:
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.targets: dict[tuple[str, str], m.ProbeTarget] = {}
         self._stop = asyncio.Event()
 
     async def serve(self) -> None:
@@ -39,12 +40,15 @@ class HealthRole:
         if not isinstance(msg, m.HealthPlan):
             return
         wanted = {(t.service, t.generation): t for t in msg.targets}
-        for key in [k for k in self.tasks if k not in wanted]:
+        # Dropped, or changed (the run turned out to listen on another port): stop it.
+        for key in [k for k in self.tasks if wanted.get(k) != self.targets.get(k)]:
             self.tasks.pop(key).cancel()
+            del self.targets[key]
         loop = asyncio.get_running_loop()
         for key, target in wanted.items():
             if key not in self.tasks:
                 self.tasks[key] = loop.create_task(self._run(target))
+                self.targets[key] = target
 
     def stop(self) -> None:
         """Stop probing."""

@@ -36,21 +36,22 @@ from devmesh.metrics import ProbeStats, prepare_dir, probe_checks, worker_died
 from devmesh.namespace import resolve_namespace
 from devmesh.paths import ProjectPaths
 from devmesh.proxy.table import RouteTable
+from devmesh.supervisor import procs
 from devmesh.supervisor.lifecycle import ServiceSet
 from devmesh.supervisor.lock import ProjectLock
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.reload import FileWatch, diff
 from devmesh.supervisor.routes import (
     build_table,
-    by_hand_reason,
     describe_routes,
     peer_routes,
     public_state,
     routable,
+    status_reason,
     url,
     version_mismatches,
 )
-from devmesh.supervisor.service import PROBED
+from devmesh.supervisor.service import PROBED, Service
 from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
 from devmesh.supervisor.workers import SILENCE_LIMIT, STARTUP_LIMIT, WorkerHandle, WorkerSpec
@@ -59,6 +60,9 @@ TICK = 1.0  # the loop wakes at least this often: heartbeat checks, and reaping 
 STATE_CHECK = 0.05  # seconds between looks for a state change to push to the dashboard
 DASHBOARD_PORT = 8081  # the dashboard's port when [dashboard] port is not set (or the next free)
 WORKER_STOP_GRACE = 3.0
+# A run that does not answer on its $PORT this long after its start: are its processes
+# listening on another port? Looked at no more often than this either.
+PORT_LOOK_AFTER = 1.0
 
 
 class Supervisor:
@@ -411,7 +415,7 @@ class Supervisor:
         peers = peer_routes(self.peers.peers)
         pins = tuple(sorted(self.pins.items()))
         key = (
-            tuple((s.timer_token, s.healthy) for s in svcs.services.values()),
+            tuple((s.timer_token, s.healthy, s.listens) for s in svcs.services.values()),
             tuple(svcs.services),
             peers,
             pins,
@@ -467,7 +471,9 @@ class Supervisor:
             if s.health is None or s.state not in PROBED:
                 continue
             check = s.config.health
-            kind, target = (check.kind, check.target) if check else ("tcp", "127.0.0.1:$PORT")
+            host, port = s.address
+            host = f"[{host}]" if ":" in host else host
+            kind, target = (check.kind, check.target) if check else ("tcp", f"{host}:{port}")
             by_hand = s.state is ServiceState.EXTERNAL or s.by_hand is not None
             targets.append(
                 m.ProbeTarget(
@@ -495,6 +501,8 @@ class Supervisor:
             return  # a run that has ended
         check = svc.config.health.kind if svc.config.health else "tcp"
         self.probe_stats.record(svc.name, check, msg.ok, msg.latency)
+        if not msg.ok and svc.health.readiness and svc.config.command is not None:
+            self._find_port(svc)
         if not svc.health.record(msg.ok, msg.detail, msg.latency, time.monotonic()):
             return
         status = svc.health.status.value
@@ -517,6 +525,32 @@ class Supervisor:
         self.svcs.dirty = True  # dependents waiting for "healthy"; the routes follow
         if status == "unhealthy" and svc.config.restart_on_unhealthy:
             self.svcs.end_unhealthy(svc)
+
+    def _find_port(self, svc: Service) -> None:
+        """A run whose $PORT does not answer: does it listen elsewhere (a command that ignores
+        $PORT)? Then say so and route there. At most once a second, a second after its start."""
+        now = time.monotonic()
+        if (
+            svc.listens is not None
+            or svc.proc is None
+            or now - svc.started_at < PORT_LOOK_AFTER
+            or now - svc.port_looked_at < PORT_LOOK_AFTER
+        ):
+            return
+        svc.port_looked_at = now
+        found = procs.listening([svc.proc.pid, *self.svcs.marked(svc.instance)])
+        if not found or any(port == svc.port for _, port in found):
+            return
+        svc.listens = found[0]
+        also = ", ".join(str(p) for _, p in found[1:])
+        self.logs.system(
+            f"{svc.name} listens on port {found[0][1]}, not on its $PORT {svc.port} (its "
+            f"command ignores $PORT): routed to {found[0][1]}"
+            + (f" (it also listens on {also})" if also else ""),
+            svc.name,
+            logging.WARNING,
+        )
+        self.svcs.dirty = True
 
     def _announce(self) -> None:
         """Tell the discovery worker what this node has, when that changed."""
@@ -942,8 +976,11 @@ class Supervisor:
             },
             "services": [
                 s.snapshot(now)
-                | {"url": url(s.name, self.config.proxy.port), "routable": routable(s)}
-                | ({"reason": by_hand_reason(s)} if s.state is ServiceState.EXTERNAL else {})
+                | {
+                    "url": url(s.name, self.config.proxy.port),
+                    "routable": routable(s),
+                    "reason": status_reason(s) or s.reason or None,
+                }
                 for s in self.svcs.services.values()
             ],
             "workers": [w.snapshot() for w in self.workers.values()],

@@ -276,6 +276,25 @@ def _who_listens(port: int) -> str | None:
     return None
 
 
+def listening(pids: list[int]) -> list[tuple[str, int]]:
+    """The TCP addresses (host, port) that these processes listen on, lowest port first; a
+    wildcard address is given as the loopback address of its family."""
+    import psutil
+
+    found: set[tuple[str, int]] = set()
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except (psutil.Error, OSError):
+            continue
+        for conn in conns:
+            if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(conn.laddr.ip, conn.laddr.ip)
+                found.add((host, conn.laddr.port))
+    # 127.0.0.1 before ::1 for the same port: the proxy's usual way in.
+    return sorted(found, key=lambda a: (a[1], ":" in a[0]))
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports free right now (all held open together, so no repeats)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]

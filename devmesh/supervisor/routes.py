@@ -42,11 +42,16 @@ def not_answering(svc: Service) -> str:
     return f"nothing listens on port {svc.port} here (it is run by hand)"
 
 
-def by_hand_reason(svc: Service) -> str:
-    """What `devmesh status` says of an external service: served here or why not."""
-    if routable(svc):
-        return f"run by hand: answers on port {svc.port}, served here"
-    return not_answering(svc)
+def status_reason(svc: Service) -> str:
+    """What `devmesh status` says of a service beyond its own reason ('' for nothing): an
+    external one is served here or why not; a run listens on another port than its $PORT."""
+    if svc.state is S.EXTERNAL:
+        if routable(svc):
+            return f"run by hand: answers on port {svc.port}, served here"
+        return not_answering(svc)
+    if svc.listens is not None and not svc.reason:
+        return f"listens on port {svc.listens[1]}, not on its $PORT {svc.port}"
+    return ""
 
 
 def service_route(svc: Service, tail: Callable[[str, int], list[str]]) -> ServiceRoute:
@@ -57,7 +62,7 @@ def service_route(svc: Service, tail: Callable[[str, int], list[str]]) -> Servic
     quiet = external or svc.state is S.RUNNING or cfg.command is None
     return ServiceRoute(
         name=svc.name,
-        upstream=Upstream("127.0.0.1", svc.port) if up else None,
+        upstream=Upstream(*svc.address) if up else None,
         state=public_state(svc),
         restarts=svc.restarts,
         reason=not_answering(svc) if external and not up else svc.reason,

@@ -51,6 +51,10 @@ class Service:
     by_hand: int | None = None  # `devmesh run`: the pid of that command while it lasts
     adhoc: bool = False  # not in the config: `devmesh run NAME --port N` added it
     health: HealthTracker | None = None  # the verdict on the current run (None: not probed)
+    # Where the current run really listens when it is not its $PORT (a command that ignores
+    # it), found among its processes' sockets; None: on `port`, or not known.
+    listens: tuple[str, int] | None = None
+    port_looked_at: float = 0.0  # monotonic: the last look at its processes' sockets
 
     def new_health(self, now: float) -> None:
         """A new run: its health is unknown until its probes decide."""
@@ -68,6 +72,11 @@ class Service:
         """Whether the current run is up and its probes say healthy."""
         h = self.health
         return h is not None and h.status is Health.HEALTHY and self.state in PROBED
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the proxy and the probes reach this node's copy."""
+        return self.listens or ("127.0.0.1", self.port)
 
     @property
     def name(self) -> str:
@@ -128,5 +137,6 @@ class Service:
             "stop_timeout": self.config.stop_timeout,
             "start_secs": self.config.start_secs,
             "by_hand": self.by_hand,
+            "listen_port": self.listens[1] if self.listens else None,
             "declared": not self.adhoc,
         }
