@@ -348,6 +348,7 @@ def test_pages() -> None:
         "state": "starting",
         "restarts": 2,
         "reason": "exit 1",
+        "peers_considered": [],
         "last_lines": ["<x>"],
     }
     html_page = pages.unavailable(target, as_json=False, close=False, trace=b"t")
