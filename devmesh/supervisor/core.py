@@ -63,6 +63,7 @@ WORKER_STOP_GRACE = 3.0
 # A run that does not answer on its $PORT this long after its start: are its processes
 # listening on another port? Looked at no more often than this either.
 PORT_LOOK_AFTER = 1.0
+PORT_LOOK_MAX = 30.0  # a worker that serves no port is looked at less and less, down to this
 
 
 class Supervisor:
@@ -528,16 +529,18 @@ class Supervisor:
 
     def _find_port(self, svc: Service) -> None:
         """A run whose $PORT does not answer: does it listen elsewhere (a command that ignores
-        $PORT)? Then say so and route there. At most once a second, a second after its start."""
+        $PORT)? Then say so and route there. From a second after its start, at growing intervals
+        (1, 2, 4 ... 30 s) while nothing is found: a worker that serves no port costs little."""
         now = time.monotonic()
         if (
             svc.listens is not None
             or svc.proc is None
             or now - svc.started_at < PORT_LOOK_AFTER
-            or now - svc.port_looked_at < PORT_LOOK_AFTER
+            or now < svc.port_looked_at
         ):
             return
-        svc.port_looked_at = now
+        svc.port_looked_at = now + min(PORT_LOOK_MAX, PORT_LOOK_AFTER * 2**svc.port_looks)
+        svc.port_looks += 1
         found = procs.listening([svc.proc.pid, *self.svcs.marked(svc.instance)])
         if not found or any(port == svc.port for _, port in found):
             return

@@ -232,7 +232,7 @@ class ServiceSet:
             return
         svc.proc = spawned
         svc.pgid = spawned.pid
-        svc.listens = None  # a new run: where it listens is found out again
+        svc.listens, svc.port_looks = None, 0  # a new run: where it listens is found again
         svc.to(S.STARTING)  # STOPPED/BACKOFF/EXITED/FAILED -> STARTING
         svc.ever_started = True
         svc.started_at = time.monotonic()

@@ -54,7 +54,8 @@ class Service:
     # Where the current run really listens when it is not its $PORT (a command that ignores
     # it), found among its processes' sockets; None: on `port`, or not known.
     listens: tuple[str, int] | None = None
-    port_looked_at: float = 0.0  # monotonic: the last look at its processes' sockets
+    port_looked_at: float = 0.0  # monotonic: the next look at its processes' sockets
+    port_looks: int = 0  # looks that found nothing, this run: each waits twice as long
 
     def new_health(self, now: float) -> None:
         """A new run: its health is unknown until its probes decide."""
