@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from devmesh import __version__, commands
+from devmesh import __version__, commands, handrun
 from devmesh.config import ConfigError
 from devmesh.control.client import ControlError, NoMesh
 
@@ -143,7 +143,7 @@ def run(
 ) -> None:
     """Register a service you run by hand (or run `-- CMD` with $PORT set): routed to and
     announced while its port answers, until Ctrl+C or `devmesh stop SERVICE`."""
-    raise typer.Exit(commands.run(_file(ctx, file), service, port=port, argv=command or []))
+    raise typer.Exit(handrun.run(_file(ctx, file), service, port=port, argv=command or []))
 
 
 @app.command()

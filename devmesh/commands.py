@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -24,14 +21,13 @@ from devmesh.control.client import ControlClient, ControlError, NoMesh
 from devmesh.logs import reader
 from devmesh.logs.writer import want_color
 from devmesh.paths import ProjectPaths
+from devmesh.render import render_dot, render_graph, render_peers, render_routes, render_status
 from devmesh.supervisor import frameworks, policy, procs
 from devmesh.supervisor.lock import AlreadyRunning, holder
 from devmesh.supervisor.policy import unknown_service
 from devmesh.supervisor.preflight import preflight
 
 DETACH_TIMEOUT = 60.0
-RUN_POLL = 0.5  # how often `devmesh run` checks that it is still the one announced
-STOP_GRACE = 10.0  # `devmesh run NAME -- CMD`: SIGKILL after `devmesh stop NAME` + this
 
 
 class UserError(Exception):
@@ -266,15 +262,6 @@ def status(file: Path | None, *, as_json: bool, routes: bool = False) -> int:
     return 0
 
 
-def _place(where: dict[str, Any] | None) -> str:
-    if where is None:
-        return "-"
-    if where["node"] == "local":
-        return f"local {where['address']}"
-    rtt = f", {where['rtt_ms']} ms" if where.get("rtt_ms") is not None else ""
-    return f"{where['name']} {where['address']}{rtt}"
-
-
 def dashboard(file: Path | None, *, open_browser: bool) -> int:
     """`devmesh dashboard`: print the running mesh's dashboard URL and open it in a browser."""
     url = (client(file).status()["node"].get("dashboard") or {}).get("url")
@@ -287,15 +274,6 @@ def dashboard(file: Path | None, *, open_browser: bool) -> int:
         if not webbrowser.open(url):
             sys.stderr.write("devmesh: no browser found here; open the URL above\n")
     return 0
-
-
-def render_routes(doc: dict[str, Any]) -> str:
-    """`devmesh status --routes`: one row per name."""
-    rows: list[tuple[str, ...]] = [("SERVICE", "SERVED BY", "WHY", "THEN")]
-    for r in doc["routes"]:
-        then = ", ".join(_place(w) for w in r["fallbacks"]) or "-"
-        rows.append((r["service"], _place(r["served_by"]), r["why"], then))
-    return "\n".join(_table(rows))
 
 
 def route(file: Path | None, service: str, *, peer: str | None, clear: bool) -> int:
@@ -351,142 +329,11 @@ def graph(file: Path | None, fmt: str) -> int:
     return 0
 
 
-def render_graph(doc: dict[str, Any]) -> str:
-    """The graph as text: the nodes with their services, then where each name goes."""
-    names = {n["node"]: n["name"] for n in doc["nodes"]}
-    lines = [f"namespace {doc['namespace']}", ""]
-    for n in doc["nodes"]:
-        lines.append(f"[{n['name']}]" + (f" {n['address']}" if n.get("address") else ""))
-        for s in n["services"]:
-            lines.append(f"  - {s['name']} ({s['state']})")
-    lines += ["", "routes from this node:"]
-    for r in doc["routes"]:
-        arrow = f"--> {names.get(r['to'], r['to'])}" if r["served"] else "--x"
-        lines.append(f"  {r['service']} {arrow}  ({r['why']})")
-    return "\n".join(lines)
-
-
-def render_dot(doc: dict[str, Any]) -> str:
-    """The graph in Graphviz's dot language: one cluster per node, an edge per route."""
-
-    def q(text: str) -> str:
-        return json.dumps(text)  # a double-quoted string with escapes dot understands
-
-    lines = ["digraph devmesh {", "  rankdir=LR;", f"  label={q('namespace ' + doc['namespace'])};"]
-    for i, n in enumerate(doc["nodes"]):
-        lines.append(f"  subgraph cluster_{i} {{ label={q(n['name'])};")
-        for s in n["services"]:
-            label = f"{s['name']} ({s['state']})"
-            lines.append(f"    {q(n['node'] + '/' + s['name'])} [label={q(label)}];")
-        lines.append("  }")
-    for r in doc["routes"]:
-        if r["served"]:
-            lines.append(
-                f"  {q('route/' + r['service'])} [shape=plaintext,label={q(r['service'])}];"
-            )
-            lines.append(
-                f"  {q('route/' + r['service'])} -> {q(r['to'] + '/' + r['service'])}"
-                f" [tooltip={q(r['why'])}];"
-            )
-    lines.append("}")
-    return "\n".join(lines)
-
-
 def peers(file: Path | None, *, as_json: bool) -> int:
     """`devmesh peers`: a table, or the JSON document."""
     data = client(file).peers()
     out(json.dumps(data, indent=2) if as_json else render_peers(data))
     return 0
-
-
-def render_peers(data: dict[str, Any]) -> str:
-    """The peers table (`devmesh peers`)."""
-    disc = data["discovery"]
-    if not disc["enabled"]:
-        return "discovery is off ([discovery] enabled = false, or DEVMESH_DISCOVERY=off)"
-    head = f"node {data['node']}  namespace {data['namespace']}  udp port {disc['port']}"
-    if not data["peers"]:
-        return f"{head}\n\nno peers found yet (they announce every {disc['interval']:g}s)"
-    rows: list[tuple[str, ...]] = [("PEER", "NAME", "ADDRESS", "SEEN", "SERVICES")]
-    for p in data["peers"]:
-        services = ", ".join(
-            s["name"] + (f"@{s['version']}" if s["version"] else "") + f" ({s['state']})"
-            for s in p["services"]
-        )
-        rows.append(
-            (
-                p["node"],
-                p["name"],
-                f"{p['address']}:{p['proxy_port']}",
-                f"{p['seen_ago']:.1f}s ago",
-                services or "-",
-            )
-        )
-    return "\n".join([head, "", *_table(rows)])
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def _health(h: dict[str, Any] | None) -> str:
-    """`healthy`, `unhealthy (HTTP 503)`, `unknown`; `ready` / `not listening` for a service
-    checked only by its port; `-` when nothing runs."""
-    if not h:
-        return "-"
-    if h.get("check") == "port":
-        return "ready" if h["status"] == "healthy" else "not listening"
-    if h["status"] == "unhealthy" and h.get("detail"):
-        return f"unhealthy ({h['detail']})"
-    return str(h["status"])
-
-
-def render_status(data: dict[str, Any]) -> str:
-    """The status table (`devmesh status`)."""
-    node = data["node"]
-    lines = [f"project {node['project']}  namespace {node['namespace']}  pid {node['pid']}"]
-    dashboard = node.get("dashboard") or {}
-    if dashboard.get("url"):
-        lines.append(f"dashboard {dashboard['url']}  metrics {dashboard['metrics']}")
-    lines.append("")
-    rows: list[tuple[str, ...]] = [
-        ("SERVICE", "STATE", "HEALTH", "PID", "PORT", "RESTARTS", "UPTIME", "URL", "INFO")
-    ]
-    for s in data["services"]:
-        rows.append(
-            (
-                s["name"],
-                s["state"],
-                _health(s.get("health")),
-                str(s["pid"] or "-"),
-                str(s["port"] or "-"),
-                str(s["restarts"]),
-                _age(s["uptime"]),
-                s.get("url") or "-",
-                s["reason"] or "",
-            )
-        )
-    lines += _table(rows)
-    workers = ", ".join(
-        f"{w['name']} {w['state']} (pid {w['pid'] or '-'}, restarts {w['restarts']})"
-        for w in data["workers"]
-    )
-    lines += ["", f"workers: {workers}"]
-    for error in node.get("config_error") or []:
-        lines.append(f"config not applied: {error}")
-    return "\n".join(lines)
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 # ---------------------------------------------------------------------- service actions
@@ -521,144 +368,6 @@ def service_action(file: Path | None, name: str, action: str) -> int:
     reason = f": {svc['reason']}" if svc["reason"] else ""
     out(f"{name} {svc['state']}{detail}{reason}")
     return 0 if ok else 1
-
-
-def run(file: Path | None, name: str, *, port: int | None = None, argv: Sequence[str] = ()) -> int:
-    """`devmesh run SERVICE [--port N] [-- CMD ARGS]`: register a service the user runs by hand
-    into the project's running mesh (`devmesh up` or `devmesh proxy`), until Ctrl+C, `devmesh
-    stop SERVICE`, or the mesh stopping; with CMD, run it in the foreground with $PORT set and
-    register it for as long as it runs."""
-    ctl = client(file)
-    status = ctl.status()
-    declared = {s["name"] for s in status["services"]}
-    if name not in declared and port is None:
-        if not argv:
-            raise UserError(
-                unknown_service(name, declared)
-                + f"; to run a service devmesh.toml does not declare, give its port: "
-                f"devmesh run {name} --port N"
-            )
-        port = 0  # an undeclared service with a command: any free port, passed as $PORT
-    me = os.getpid()
-    # Ctrl+C and SIGTERM end it cleanly, even when started with SIGINT ignored (a background
-    # job of a shell, which Python would otherwise leave ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        svc = ctl.attach(name, me, port)
-    except ControlError as exc:
-        raise UserError(str(exc)) from None
-    if argv:
-        return _run_command(ctl, file, name, svc, status, list(argv))
-    out(
-        f"{name} is registered on port {svc['port']}: start it there (PORT={svc['port']}); "
-        f"devmesh routes to it and announces it while that port answers. "
-        f"Ctrl+C or `devmesh stop {name}` ends this."
-    )
-    try:
-        while True:
-            time.sleep(RUN_POLL)
-            gone, _ = _registration_gone(ctl, name, me)
-            if gone:
-                out(gone)
-                return 0
-    except KeyboardInterrupt:
-        with contextlib.suppress(ControlError, NoMesh):
-            ctl.release(name, me)
-        out(f"{name} no longer registered by devmesh run")
-        return 0
-
-
-def _registration_gone(ctl: ControlClient, name: str, me: int) -> tuple[str, bool]:
-    """Why `devmesh run` (pid `me`) no longer holds `name` ('' if it does), and whether the
-    mesh took it away (`devmesh stop NAME`, a config change) rather than stopped."""
-    try:
-        current = {s["name"]: s for s in ctl.status()["services"]}.get(name)
-    except NoMesh:
-        return f"devmesh stopped; {name} is no longer announced", False
-    if current is None or current.get("by_hand") != me:
-        why = current["reason"] if current else "removed from the config"
-        return f"{name} no longer announced ({why or 'devmesh stop'})", True
-    return "", False
-
-
-def _run_command(
-    ctl: ControlClient,
-    file: Path | None,
-    name: str,
-    svc: dict[str, Any],
-    status: dict[str, Any],
-    argv: list[str],
-) -> int:
-    """`devmesh run NAME -- CMD`: CMD in the foreground (a debugger, a watcher: it keeps the
-    terminal) with the service's environment and $PORT, registered while it runs. Signals:
-    Ctrl+C reaches it from the terminal; SIGTERM and a `devmesh stop NAME` are passed on."""
-    from devmesh.config.model import ServiceConfig
-    from devmesh.health.probes import expand
-    from devmesh.supervisor.lifecycle import service_env
-
-    config, _ = project(file)
-    cfg = config.services.get(name) or ServiceConfig(name=name, cwd=Path.cwd())
-    ports = {s["name"]: s["port"] for s in status["services"]}
-    env = service_env(os.environ, config, cfg, svc["port"], status["node"]["namespace"], ports)
-    me = os.getpid()
-    # `'$PORT'` quoted past the shell (`-- vite --port '$PORT'`) means the port, as in a command.
-    argv = [expand(arg, svc["port"]) for arg in argv]
-    out(f"{name}: running {shlex.join(argv)} with PORT={svc['port']}; routed while it answers")
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        received.append(signum)  # only enqueue: the loop passes it on
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    try:
-        child = subprocess.Popen(argv, env=env, cwd=cfg.cwd)
-    except OSError as exc:
-        with contextlib.suppress(ControlError, NoMesh):
-            ctl.release(name, me)
-        raise UserError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-    polled, stopping_since = time.monotonic(), None
-    mesh = True
-    try:
-        while True:
-            try:
-                code = child.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            while received:
-                signum = received.pop(0)
-                # From a terminal, Ctrl+C reached the whole foreground group, CMD included.
-                if signum != signal.SIGINT or not _terminal_sent_it():
-                    child.send_signal(signum)
-            now = time.monotonic()
-            if stopping_since is not None and now - stopping_since > STOP_GRACE:
-                child.kill()
-            if mesh and now - polled >= RUN_POLL:
-                polled = now
-                gone, taken = _registration_gone(ctl, name, me)
-                if gone:
-                    out(gone)
-                    mesh = False
-                    if taken:  # `devmesh stop NAME`: the command it registered stops too
-                        child.terminate()
-                        stopping_since = now
-    finally:
-        with contextlib.suppress(ControlError, NoMesh):
-            ctl.release(name, me)
-    what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    out(f"{name} no longer registered ({argv[0]} {what})")
-    return code if code >= 0 else 128 - code
-
-
-def _terminal_sent_it() -> bool:
-    """Whether this process runs in the foreground of its terminal, so that the terminal's
-    Ctrl+C went to the command it runs as well."""
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError):
-        return False
 
 
 # ---------------------------------------------------------------------- logs
