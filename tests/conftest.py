@@ -249,3 +249,15 @@ def new_project() -> Iterator[Callable[[], Project]]:
         for proj, home in made:
             proj.cleanup()
             shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts itself (an app run by hand, `devmesh run`): the test appends
+    them; each is killed by its pid at the end, and its pipes are closed."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)

@@ -8,23 +8,9 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-
-import pytest
 
 from tests.conftest import PY, Project, free_port, wait_until
 from tests.test_proxy_mesh import HELLO, answer, get
-
-
-@pytest.fixture
-def hand_run(project: Project) -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts by hand (the user's own app, `devmesh run`): killed at the end."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
 
 
 def by_hand(
@@ -54,7 +40,7 @@ def devmesh_run(
 
 
 def test_a_service_without_command_is_probed_and_routed_while_it_answers(
-    project: Project, hand_run: list[subprocess.Popen[str]]
+    project: Project, started: list[subprocess.Popen[str]]
 ) -> None:
     """0.1.x: `[services.mono] port = N` is run by hand. While nothing listens there it is
     `external` / not listening and its 503 page says so; started by hand it is served here
@@ -78,7 +64,7 @@ def test_a_service_without_command_is_probed_and_routed_while_it_answers(
     row = next(line for line in text.splitlines() if line.startswith("mono"))
     assert row.split()[1:4] == ["external", "not", "listening"]
 
-    app = by_hand(project, hand_run, mono, "mono")
+    app = by_hand(project, started, mono, "mono")
     # Eager probes (every 250 ms while it does not answer): served here within a second or so.
     wait_until(lambda: answer(port, "mono") == f"mono mono.localhost:{port} /", 5, "mono here")
     svc = project.service("mono")
@@ -99,7 +85,7 @@ def test_a_service_without_command_is_probed_and_routed_while_it_answers(
     # `devmesh stop mono`: out of the mesh (not probed, not routed) until `devmesh start`.
     assert project.cli("stop", "mono").returncode == 0
     assert project.service("mono")["state"] == "stopped"
-    by_hand(project, hand_run, mono, "mono")
+    by_hand(project, started, mono, "mono")
     wait_until(lambda: project.service("mono")["health"] is None, 5, "no probe of a stopped one")
     assert get(port, "mono")[0] == 503
     started = project.cli("start", "mono")
@@ -110,7 +96,7 @@ def test_a_service_without_command_is_probed_and_routed_while_it_answers(
 
 
 def test_devmesh_proxy_and_devmesh_run(
-    project: Project, hand_run: list[subprocess.Popen[str]]
+    project: Project, started: list[subprocess.Popen[str]]
 ) -> None:
     """The original quick start: `devmesh proxy` (no services declared at all), then `devmesh
     run NAME --port N` for an app started by hand, and `devmesh run NAME -- CMD` running the
@@ -124,14 +110,14 @@ def test_devmesh_proxy_and_devmesh_run(
     assert project.status()["services"] == [] and "proxy only" in run.text()
 
     api = free_port()
-    by_hand(project, hand_run, api, "api")
+    by_hand(project, started, api, "api")
     unknown = project.cli("run", "api")
     assert (
         unknown.returncode == 1
         and "--port" in unknown.stderr
         and "Traceback" not in (unknown.stderr)
     )
-    reg = devmesh_run(project, hand_run, "api", "--port", str(api))
+    reg = devmesh_run(project, started, "api", "--port", str(api))
     assert reg.stdout is not None and f"port {api}" in reg.stdout.readline()
     wait_until(lambda: answer(port, "api") == f"api api.localhost:{port} /", 5, "api routed")
     svc = project.service("api")
@@ -142,7 +128,7 @@ def test_devmesh_proxy_and_devmesh_run(
     assert get(port, "api")[0] == 404
 
     # `-- CMD`: run in the foreground with a free $PORT, registered while it runs.
-    cmd = devmesh_run(project, hand_run, "web", "--", sys.executable, "hello.py")
+    cmd = devmesh_run(project, started, "web", "--", sys.executable, "hello.py")
     assert cmd.stdout is not None and "PORT=" in cmd.stdout.readline()
     wait_until(lambda: answer(port, "web") == f"web web.localhost:{port} /", 10, "web routed")
     web = project.service("web")
@@ -161,7 +147,7 @@ def test_devmesh_proxy_and_devmesh_run(
 
 
 def test_devmesh_proxy_starts_none_and_run_gives_the_service_its_environment(
-    project: Project, hand_run: list[subprocess.Popen[str]]
+    project: Project, started: list[subprocess.Popen[str]]
 ) -> None:
     """`devmesh proxy` with declared services starts none of them; `devmesh run api -- CMD`
     runs api's command by hand with the environment devmesh would give it (.env, its env,

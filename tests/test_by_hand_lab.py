@@ -31,17 +31,6 @@ def lab() -> Iterator[Lab]:
         built.down()
 
 
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts by hand inside the lab: killed (by pid) at the end."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
-
-
 def hand_node(
     new_project: Callable[[], Project], lab: Lab, host: int, port: int, extra: str = ""
 ) -> Project:
@@ -79,7 +68,7 @@ def peer_state(proj: Project, service: str) -> str | None:
     return dict(zip(names, states, strict=True)).get(service)
 
 
-def test_hand_run_service_takes_over_from_and_hands_back_to_a_peer(
+def test_started_service_takes_over_from_and_hands_back_to_a_peer(
     new_project: Callable[[], Project], lab: Lab, started: list[subprocess.Popen[str]]
 ) -> None:
     """B declares mono with a port only; A runs mono. Requests on B go to A's copy; the user

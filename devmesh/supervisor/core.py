@@ -315,14 +315,18 @@ class Supervisor:
         )
         self._reconcile_proxy()
         self._add_worker(WorkerSpec("health", "devmesh.health.worker:make_role"))
-        if self.discovery_enabled:
-            self._add_worker(
-                WorkerSpec(
-                    "discovery",
-                    "devmesh.discovery.worker:make_role",
-                    settings=self._discovery_settings,
-                )
+        self._add_discovery()
+
+    def _add_discovery(self) -> bool:
+        """Start the discovery worker with the current settings, unless discovery is off."""
+        if not self.discovery_enabled:
+            return False
+        self._add_worker(
+            WorkerSpec(
+                "discovery", "devmesh.discovery.worker:make_role", settings=self._discovery_settings
             )
+        )
+        return True
 
     @property
     def discovery_enabled(self) -> bool:
@@ -645,14 +649,7 @@ class Supervisor:
                 old.send(m.Stop())
             else:
                 self._replaced.append(old)  # killed when the new one says Ready
-        if self.discovery_enabled:
-            self._add_worker(
-                WorkerSpec(
-                    "discovery",
-                    "devmesh.discovery.worker:make_role",
-                    settings=self._discovery_settings,
-                )
-            )
+        if self._add_discovery():
             self.logs.system(f"[discovery] applied: {describe_discovery(self.config)}")
         else:
             self.peers = m.PeersUpdate(peers=(), stats=self.peers.stats)
