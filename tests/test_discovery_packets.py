@@ -19,7 +19,7 @@ from devmesh.discovery.packet import (
     decode,
     encode,
 )
-from devmesh.discovery.peers import MISSES, PeerTable
+from devmesh.discovery.peers import MISSES, PeerTable, Replies
 
 
 def announcement(node: str = "n2", seq: int = 1, **kw: object) -> Announcement:
@@ -136,3 +136,34 @@ def test_a_silent_peer_is_stale_before_it_is_gone() -> None:
     assert table.peers["n2"].as_dict(1.6)["stale"] is True  # 1.5 intervals of 1 s
     table.datagram(encode(announcement(seq=2))[0], "10.0.0.2", 1.7)
     assert table.peers["n2"].as_dict(1.8)["stale"] is False
+
+
+def test_new_peers_are_listed_for_an_answer_and_answers_are_limited() -> None:
+    """A new node or a new boot is listed in `joined` (the worker answers it by unicast);
+    nothing else is: own, other namespace, junk, goodbyes, repeats. `Replies` answers a peer
+    once per interval, and at most `budget` peers per interval."""
+    table = PeerTable("n1", "main")
+    for data in (
+        encode(announcement(node="n1"))[0],
+        encode(announcement(namespace="other"))[0],
+        b'{"dm": 1, "k": "hello"}',
+        encode(announcement(kind=BYE))[0],
+    ):
+        table.datagram(data, "10.0.0.2", 0.0)
+    assert table.joined == []
+    table.datagram(encode(announcement(seq=1))[0], "10.0.0.2", 0.0)
+    table.datagram(encode(announcement(seq=2))[0], "10.0.0.2", 0.1)
+    assert table.joined == ["n2"]
+    table.joined.clear()
+    table.datagram(encode(announcement(seq=1, boot="b2"))[0], "10.0.0.2", 0.2)
+    assert table.joined == ["n2"]  # it restarted: it does not know us any more
+
+    replies = Replies(interval=1.0, budget=3)
+    assert replies.due("n2", 0.0) and not replies.due("n2", 0.5) and replies.due("n2", 1.0)
+    assert replies.due("a", 1.1) and replies.due("b", 1.2)
+    assert not replies.due("c", 1.3)  # the budget of this interval is spent
+    assert replies.due("c", 2.0)
+    assert replies.refused == 2 and replies.spent_total == 5
+    # Forged node ids, a thousand an interval: answers stay within the budget, memory too.
+    sent = sum(replies.due(f"forged-{i}", 3.0 + i / 1000) for i in range(10_000))
+    assert sent <= 3 * 11 and len(replies.last) <= 2 * 3

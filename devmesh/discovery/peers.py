@@ -3,7 +3,8 @@
 A peer is known by its node id. Its services are those of its last complete announcement (all
 parts of one sequence number); a packet older than the last one of the same boot is a replay
 or arrived late and is dropped; a new boot id starts the peer afresh. A goodbye removes the
-peer at once; silence for `MISSES` of its own intervals removes it too.
+peer at once; silence for `MISSES` of its own intervals removes it too. A peer heard for the
+first time (or with a new boot) is listed in `joined`, for the worker to answer (`Replies`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Peer:
             "address": self.address,
             "proxy_port": self.proxy_port,
             "boot": self.boot,
+            "interval": self.interval,
             "seen_ago": round(max(0.0, now - self.last_seen), 3),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             # Silent for more than an interval and a half: an announcement went missing.
@@ -74,6 +76,8 @@ class PeerTable:
         self.peers: dict[str, Peer] = {}
         self.dropped: Counter[str] = Counter()  # reason -> packets
         self.received = 0
+        # Peers new since the worker last looked (a new node, or a new boot of one): node ids.
+        self.joined: list[str] = []
 
     def datagram(self, data: bytes, address: str, now: float) -> bool:
         """Take one datagram; True if what is known about the peers changed."""
@@ -103,6 +107,7 @@ class PeerTable:
             peer = Peer(ann.node, ann.boot, address, ann.proxy_port, ann.interval, ann.name)
             peer.joined = now
             self.peers[ann.node] = peer
+            self.joined.append(ann.node)
             changed = True
         peer.heard[address] = now
         best = preferred_address(peer.heard, now - MISSES * ann.interval)
@@ -133,3 +138,35 @@ class PeerTable:
         """When the next peer would expire if it stays silent."""
         times = [p.last_seen + MISSES * p.interval for p in self.peers.values()]
         return min(times) if times else None
+
+
+class Replies:
+    """When to answer a peer's announcement with this node's own, by unicast, at once: so a
+    node that just heard a new peer is heard by it too, instead of an interval later. At most
+    once per peer (node id) per interval, and at most `budget` replies per interval in all,
+    so forged announcements (any node id, any source address) cannot make it a storm or an
+    amplifier. Pure: time is passed in."""
+
+    def __init__(self, interval: float, budget: int = 16) -> None:
+        self.interval = interval
+        self.budget = budget
+        self.last: dict[str, float] = {}  # node id -> when it was last answered
+        self.window = -interval  # when the current interval's budget began
+        self.spent = 0
+        self.spent_total = 0  # replies sent
+        self.refused = 0  # replies not sent because of a limit
+
+    def due(self, node: str, now: float) -> bool:
+        """Whether to answer `node` now (and count it if so)."""
+        if now - self.window >= self.interval:
+            self.window, self.spent = now, 0
+            # Forget answers older than an interval: the dict stays as small as the budget.
+            self.last = {n: t for n, t in self.last.items() if now - t < self.interval}
+        last = self.last.get(node)
+        if (last is not None and now - last < self.interval) or self.spent >= self.budget:
+            self.refused += 1
+            return False
+        self.last[node] = now
+        self.spent += 1
+        self.spent_total += 1
+        return True

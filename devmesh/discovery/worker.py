@@ -3,13 +3,18 @@
 Announcements go by UDP to the IPv4 broadcast address, to an IPv6 link-local multicast group on
 every interface (`ipv6 = true`) and to each static peer: at start, at once when the parent
 reports a change of the local services, and every `interval`; a goodbye on a clean stop. What
-arrives goes through `PeerTable`; every change of the peers is reported to the parent.
+arrives goes through `PeerTable`; every change of the peers is reported to the parent. A peer
+heard for the first time (or after it restarted) gets this node's announcement back at once, by
+unicast to where its packet came from (`Replies` limits how often), so the two nodes learn of
+each other at about the same moment: a peer that routes to us is not refused by our proxy
+for want of having heard us.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import struct
@@ -20,7 +25,7 @@ from typing import Any
 
 from devmesh import messages as m
 from devmesh.discovery.packet import BYE, HELLO, Announcement, ServiceInfo, encode
-from devmesh.discovery.peers import PeerTable
+from devmesh.discovery.peers import PeerTable, Replies
 from devmesh.workers.base import WorkerRuntime
 
 log = logging.getLogger("devmesh.discovery")
@@ -30,14 +35,15 @@ MULTICAST6 = "ff02::6465:766d"
 
 
 class _Receiver(asyncio.DatagramProtocol):
-    def __init__(self, role: DiscoveryRole) -> None:
+    def __init__(self, role: DiscoveryRole, sock: socket.socket) -> None:
         self.role = role
+        self.sock = sock
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         host = str(addr[0])
         if len(addr) == 4 and addr[3] and "%" not in host:
             host = f"{host}%{addr[3]}"  # a link-local address is reachable through its interface
-        self.role.received(data, host)
+        self.role.received(data, host, self.sock, addr)
 
     def error_received(self, exc: Exception) -> None:
         self.role.errors += 1
@@ -72,6 +78,7 @@ class DiscoveryRole:
             name=str(settings.get("name", "")),
         )
         self.table = PeerTable(self.me.node, self.me.namespace)
+        self.replies = Replies(self.interval)
         self.errors = 0  # failed sends and socket errors
         self.sent = 0
         self._socks: list[socket.socket] = []
@@ -90,7 +97,8 @@ class DiscoveryRole:
         """Listen and announce until stopped, then say goodbye."""
         loop = self._loop = asyncio.get_running_loop()
         for sock in self._open():
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
+            receiver = functools.partial(_Receiver, self, sock)
+            transport, _ = await loop.create_datagram_endpoint(receiver, sock=sock)
             self._transports.append(transport)
         self._expire_later()
         self._measuring = loop.create_task(self._measure())
@@ -123,9 +131,19 @@ class DiscoveryRole:
 
     # ---- receiving ----
 
-    def received(self, data: bytes, address: str) -> None:
-        """One datagram from anyone."""
-        if self.table.datagram(data, address, time.monotonic()):
+    def received(
+        self, data: bytes, address: str, sock: socket.socket, source: tuple[Any, ...]
+    ) -> None:
+        """One datagram from anyone (`source`: where it came from, on `sock`)."""
+        now = time.monotonic()
+        changed = self.table.datagram(data, address, now)
+        joined = self.table.joined
+        if joined:
+            # Only a valid announcement of our namespace that made a peer new gets here.
+            if not self._left and any(self.replies.due(node, now) for node in joined):
+                self._send(sock, source, self._datagrams(HELLO))
+            joined.clear()
+        if changed:
             self.report()
 
     def _expire_later(self) -> None:
@@ -152,6 +170,8 @@ class DiscoveryRole:
             "received": self.table.received,
             "sent": self.sent,
             "send_errors": self.errors,
+            "replied": self.replies.spent_total,
+            "replies_limited": self.replies.refused,
             "dropped": dict(self.table.dropped),
         }
         self.runtime.send(m.PeersUpdate(peers=peers, stats=stats))
@@ -176,16 +196,23 @@ class DiscoveryRole:
 
     # ---- sending ----
 
-    async def _announce(self, kind: str) -> None:
+    def _datagrams(self, kind: str) -> list[bytes]:
+        """This node's announcement (a new sequence number), as datagrams."""
         me = self.me = replace(self.me, seq=self.me.seq + 1)
-        datagrams = encode(replace(me, kind=kind, services=() if kind == BYE else me.services))
+        return encode(replace(me, kind=kind, services=() if kind == BYE else me.services))
+
+    def _send(self, sock: socket.socket, address: tuple[Any, ...], datagrams: list[bytes]) -> None:
+        for data in datagrams:
+            try:
+                sock.sendto(data, address)
+                self.sent += 1
+            except OSError:
+                self.errors += 1  # no route, interface gone: the next interval tries again
+
+    async def _announce(self, kind: str) -> None:
+        datagrams = self._datagrams(kind)
         for sock, address in await self._destinations():
-            for data in datagrams:
-                try:
-                    sock.sendto(data, address)
-                    self.sent += 1
-                except OSError:
-                    self.errors += 1  # no route, interface gone: the next interval tries again
+            self._send(sock, address, datagrams)
 
     async def _destinations(self) -> list[tuple[socket.socket, tuple[Any, ...]]]:
         out: list[tuple[socket.socket, tuple[Any, ...]]] = []
