@@ -39,6 +39,7 @@ def table_from_json(data: dict[str, Any]) -> RouteTable:
             proxy_port=int(p["proxy_port"]),
             services=tuple(PeerService(**s) for s in p.get("services", [])),
             rtt_ms=p.get("rtt_ms"),
+            interval=float(p.get("interval", 1.0)),
         )
         for p in data.get("peers", [])
     )

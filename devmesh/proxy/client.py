@@ -22,7 +22,7 @@ import httptools
 from devmesh.proxy import pages
 from devmesh.proxy.exchange import CHUNKED, LENGTH, NO_BODY, Exchange
 from devmesh.proxy.flow import BUFFER, PIPELINE, UPGRADE, UPSTREAM, ReadGate
-from devmesh.proxy.headers import HeadersTooLarge, RequestHead
+from devmesh.proxy.headers import REFUSED_HEADER, HeadersTooLarge, RequestHead
 from devmesh.proxy.ingress import admits
 from devmesh.proxy.outbox import Outbox
 from devmesh.proxy.router import absolute_form, retarget
@@ -67,6 +67,7 @@ class ClientProtocol(Outbox):
         self.on_header = self.head.add
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
+        self.peer_host: str | None = None  # the client's address (None: a unix socket)
         self.admitted = True
         self.http10: bool | None = None  # known from the first request
         self.phase = IDLE
@@ -97,6 +98,7 @@ class ClientProtocol(Outbox):
         server = self.server
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else None
+        self.peer_host = host
         self.client_ip = (host or "unix").encode("latin-1")
         self.admitted = admits(host, self.settings.lan_access, server.router.peer_ips)
         self.since = server.now
@@ -289,9 +291,8 @@ class ClientProtocol(Outbox):
             self.last = ex  # for `_upgraded`, after the parser stops
             ex.upgrade = True
             ex.keep_alive = False  # after the upgrade, the parser is done with this connection
-        if not self.admitted:
-            self.server.refused += 1
-            self._local(ex, 403, "this proxy serves this machine only (lan_access)")
+        if not self.admitted and not self._admitted_now():
+            self._refuse(ex)
         elif ex.method == b"CONNECT":
             self._local(ex, 405, "CONNECT is not supported")
         elif head.hosts > 1:
@@ -300,6 +301,23 @@ class ClientProtocol(Outbox):
             self._local(ex, 501, "transfer codings other than chunked are not supported")
         elif not host and not ex.http10:
             self._local(ex, 400, "no Host header")
+
+    def _admitted_now(self) -> bool:
+        """Ask the policy again, per request: a peer's connection accepted before this node
+        heard of the peer (it routed to us first) is served once the route table lists it."""
+        router = self.server.router
+        self.admitted = admits(self.peer_host, self.settings.lan_access, router.peer_ips)
+        return self.admitted
+
+    def _refuse(self, ex: Exchange) -> None:
+        """403 by the LAN policy. With `lan_access = "peers"` the answer names this node
+        (`X-DevMesh-Refused`): a peer's proxy that gets it knows that no service saw the
+        request and that this node has not heard of it yet, so it may send it again."""
+        self.server.refused += 1
+        self._local(ex, 403, "this proxy serves this machine only (lan_access)")
+        node = self.server.router.table.node
+        if self.settings.lan_access == "peers" and node:
+            ex.local_extra = REFUSED_HEADER + b": " + node.encode("latin-1") + b"\r\n"
 
     def _span(self, ex: Exchange, parent: tuple[bytes, bytes, bytes] | None) -> None:
         """The proxy exports spans: this request's span is the backend's parent, and the child
@@ -484,6 +502,16 @@ class ClientProtocol(Outbox):
         self._local(ex, status, detail)
         self._answer_local(ex)
 
+    def refused(self, ex: Exchange) -> bool:
+        """A peer's proxy refused `ex` because it has not heard of this node yet (the two
+        nodes learnt of each other at different moments). No service saw it, so a bodyless
+        request goes on like after a refused connection: to the next copy, or, when none is
+        left, to the same peer again a little later (`ProxyServer.again`). False: the 403 is
+        relayed (a body already went out and is not kept, or the peer keeps refusing)."""
+        if ex.dead or ex.body_kind != NO_BODY:
+            return False
+        return self.retry(ex, 503) or self.server.again(ex)
+
     def retry(self, ex: Exchange, status: int) -> bool:
         """Send `ex` to the target's next candidate (`[proxy] retries` times at most): after a
         failed connect (503: nothing was sent), or a broken connection or a 5xx answer for a
@@ -495,6 +523,7 @@ class ClientProtocol(Outbox):
             return False
         old = target.candidates[ex.attempt]
         self.server.stats.retried(target.name)
+        ex.sent = 0  # a response held whole (`upstream.HOLD_MAX`) may have been counted
         ex.attempt += 1
         new = target.candidates[ex.attempt]
         line = target.line_for(new)

@@ -50,12 +50,15 @@ class Exchange:
     # 0: proxied; else the status of the proxy's own answer (403, 404, 503, ...).
     local = 0
     local_detail = ""
+    local_extra = b""  # header lines for that answer
     req_done = False  # the whole request has been received from the client
     resp_started = False  # the final response head went to the client
     resp_done = False
     chunk_out = False  # the proxy chunks the response body for the client
     close_after = False  # the client connection closes after this response
     retried = False
+    waited = 0.0  # seconds spent waiting for a peer that refused it to hear of this node
+    turned_away = False  # a peer's proxy refused it by its LAN policy
     status = 0  # the backend's final status (0 until its response head arrived)
     sent = 0  # response body bytes relayed
     path = b""  # the request-target as the client sent it

@@ -15,6 +15,8 @@ import re
 
 VIA = b"1.1 devmesh"
 TRACE_HEADER = b"X-DevMesh-Trace-ID"
+# On a 403 of the LAN policy, the refusing node's id: no service saw the request.
+REFUSED_HEADER = b"X-DevMesh-Refused"
 _VIA_TRACE = b"Via: 1.1 devmesh\r\nX-DevMesh-Trace-ID: "
 TRACE_MAX = 64
 # A client may bring its own trace id; anything else (too long, odd bytes) is replaced.
@@ -472,6 +474,17 @@ class ResponseHead:
             out.append(_VIA_TRACE)
         out += (trace, b"\r\n\r\n")
         return b"".join(out)
+
+    def refused_by(self, node: str) -> bool:
+        """Whether this head carries `X-DevMesh-Refused: <node>`: the LAN policy of that
+        node's proxy refused the request (checked on a peer's 403 only)."""
+        marker = b"\n" + REFUSED_HEADER.lower() + b":"
+        at = self.lower.find(marker)
+        if at < 0:
+            return False
+        end = self.lower.find(b"\n", at + 1)
+        value = self.block[at + len(marker) - 1 : end - 1].strip()
+        return value == node.encode("latin-1")
 
     def build_interim(self, status: bytes) -> bytes:
         """A 1xx head (100 Continue, 103 Early Hints) relayed as is, minus hop-by-hop headers."""

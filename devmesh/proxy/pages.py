@@ -66,12 +66,18 @@ def _json(data: dict[str, Any]) -> bytes:
 
 
 def error(
-    status: int, message: str, *, close: bool = True, trace: bytes = b"", head_only: bool = False
+    status: int,
+    message: str,
+    *,
+    close: bool = True,
+    trace: bytes = b"",
+    head_only: bool = False,
+    extra: bytes = b"",
 ) -> bytes:
-    """A plain-text error (400, 403, 408, 414, 431, ...)."""
+    """A plain-text error (400, 403, 408, 414, 431, ...); `extra`: more header lines."""
     reason = REASONS.get(status, b"Error").decode()
     body = f"{status} {reason}: {message}\n".encode()
-    return response(status, body, close=close, trace=trace, head_only=head_only)
+    return response(status, body, close=close, trace=trace, head_only=head_only, extra=extra)
 
 
 def not_found(
@@ -199,4 +205,6 @@ def for_exchange(ex: Exchange, router: Router, close: bool) -> bytes:
         return bad_gateway(
             target, ex.local_detail, as_json=as_json, close=close, trace=trace, head_only=head_only
         )
-    return error(status, ex.local_detail, close=close, trace=trace, head_only=head_only)
+    return error(
+        status, ex.local_detail, close=close, trace=trace, head_only=head_only, extra=ex.local_extra
+    )

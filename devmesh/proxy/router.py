@@ -34,6 +34,8 @@ class Candidate:
     peer_name: str = ""
     # A response header line when the peer runs another version than this node declares.
     warning: bytes = b""
+    # The peer's discovery interval: how long a request it refuses may wait for it to know us.
+    interval: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,7 +300,9 @@ class Router:
                         f"X-DevMesh-Version-Warning: {route.name} {theirs} from {p.name}, "
                         f"{ours} declared here\r\n"
                     ).encode("latin-1", "replace")
-                remote.append(Candidate((p.address, p.proxy_port), p.node, p.name, warning))
+                remote.append(
+                    Candidate((p.address, p.proxy_port), p.node, p.name, warning, p.interval)
+                )
         pinned = remote[:1] if remote and remote[0].peer == pin else []
         rest = remote[len(pinned) :]
         if local_key is None:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("devmesh.proxy")
 STICKY_MAX = 10_000
+# A request a peer refused (it has not heard of this node yet) is sent to it again after
+# these waits, doubling, for at most the peer's announcement interval in all.
+AGAIN_FIRST = 0.025
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,29 @@ class ProxyServer:
         if not bad or len(bad) == len(target.candidates):
             return target  # nothing to avoid, or nothing better: try them all
         return target.reordered((*[c for c in target.candidates if c not in bad], *bad))
+
+    def again(self, ex: Exchange) -> bool:
+        """Send `ex` to the same peer again after a short wait (the peer refused it: it has
+        not heard of this node yet, and will within about one of its intervals). False when
+        the waits add up to that interval already: the peer is avoided for a while (passive
+        health), and its refusals are relayed at once until it answers."""
+        target = ex.target
+        assert target is not None
+        candidate = target.candidates[ex.attempt]
+        waited = ex.waited
+        if candidate.key in self.ejected or waited >= candidate.interval:
+            self.failed(candidate.key)
+            return False
+        delay = min(max(AGAIN_FIRST, waited), candidate.interval - waited)
+        ex.waited = waited + delay
+        self.loop.call_later(delay, self._again, ex, candidate.key)
+        return True
+
+    def _again(self, ex: Exchange, key: tuple[str, int]) -> None:
+        if ex.dead:
+            return
+        self.pool(key).acquire(ex)
+        self.flush()
 
     def pool(self, key: tuple[str, int]) -> Pool:
         """The connection pool for one backend address."""

@@ -59,6 +59,7 @@ class PeerRoute:
     services: tuple[PeerService, ...] = ()
     rtt_ms: int | None = None  # the measured round trip, whole milliseconds (None: unknown)
     stale: bool = False  # its announcements stopped coming (not yet gone): tried last
+    interval: float = 1.0  # how often it announces (bounds the wait when it refuses us)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,16 @@ from devmesh.proxy.headers import STATUS_LINES, ResponseHead, status_line
 from devmesh.proxy.outbox import Outbox
 
 if TYPE_CHECKING:
+    from devmesh.proxy.router import Target
     from devmesh.proxy.server import ProxyServer
 
 
 # A response head larger than this (the parser sets no limit) fails the exchange with a 502.
 MAX_RESPONSE_HEAD = 1024 * 1024
+# A peer's response up to this size (Content-Length) to a repeatable request is held whole
+# before its head goes to the client: if the peer dies mid-body, the request can still go to
+# the next copy instead of ending in a truncated body.
+HOLD_MAX = 64 * 1024
 
 
 class BadResponse(Exception):
@@ -66,6 +71,9 @@ class UpstreamConn(Outbox):
         self.eof_body = False  # the body ends when the backend closes
         self.body_left = 0
         self.raw_left = 0
+        # Where response bytes go: the client's queue, or `held` until the body is complete.
+        self.sink: list[bytes] = []
+        self.held: list[bytes] | None = None
 
     # ---- asyncio.Protocol ----
 
@@ -180,12 +188,14 @@ class UpstreamConn(Outbox):
             return
         self.reading_head = False
         self.hbuf = b""
-        ex.status = code
         target = ex.target
+        if code == 403 and target is not None and self._refused(ex, target):
+            return
+        ex.status = code
         if target is not None and target.remote_choice and code < 500:
             self.server.stick(ex.client.client_ip, target, target.candidates[ex.attempt].peer)
         server = self.server
-        if server.ejected and target is not None and code < 500:
+        if server.ejected and target is not None and code < 500 and not ex.turned_away:
             server.recovered(target.candidates[ex.attempt].key)
         if code >= 500 and target is not None and len(target.candidates) > 1:
             server.failed(target.candidates[ex.attempt].key)  # passive health
@@ -219,21 +229,46 @@ class UpstreamConn(Outbox):
             ex.chunk_out = True
         if close:
             ex.close_after = True
-        ex.resp_started = True
         status = STATUS_LINES.get(code) or status_line(code)
-        # Straight into the client's queue: data_received writes it when the parser returns.
-        client.wbuf.append(
-            head.build(status, ex.trace, chunk, close, ex.http10 and not close, extra=ex.warning)
-        )
+        keep_10 = ex.http10 and not close
+        built = head.build(status, ex.trace, chunk, close, keep_10, extra=ex.warning)
         if length > 0 and not head.chunked:
             self.body_left = length
+            if (
+                length <= HOLD_MAX
+                and target is not None
+                and target.candidates[ex.attempt].peer
+                and ex.repeatable
+            ):
+                self.held = self.sink = [built]  # the client gets it once the body is here
+                return
         elif length < 0 and not head.chunked:
             self.eof_body = True
+        ex.resp_started = True
+        # Straight into the client's queue: data_received writes it when the parser returns.
+        self.sink = client.wbuf
+        client.wbuf.append(built)
         if ex.is_head:
             # httptools cannot be told the request was HEAD, so it would wait for a body that
             # never comes: the response ends here and the next one gets a fresh parser.
             self.stale_parser = True
             self._complete()
+
+    def _refused(self, ex: Exchange, target: Target) -> bool:
+        """A 403 from a peer's proxy that says it refused us by its LAN policy (it has not
+        heard of this node yet): no service saw the request, so the client side may send it
+        elsewhere or again (this connection and its answer are dropped). False: relay it."""
+        peer = target.candidates[ex.attempt].peer
+        if not peer or not self.head.refused_by(peer):
+            return False  # a service's own 403 (or one from a proxy that will not change)
+        self.ex = None
+        ex.upstream = None
+        if ex.client.refused(ex):
+            self.close()
+            return True
+        ex.turned_away = True  # relayed, it does not count as the peer answering
+        self.ex, ex.upstream = ex, self
+        return False
 
     def _informational(self, ex: Exchange, code: int) -> None:
         """A 1xx: 101 starts a tunnel; others (100 Continue, 103) are passed on as they are."""
@@ -260,9 +295,9 @@ class UpstreamConn(Outbox):
         self.body_left -= len(body)
         ex.sent += len(body)
         if ex.chunk_out:
-            ex.client.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
+            self.sink += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
-            ex.client.wbuf.append(body)
+            self.sink.append(body)
 
     def on_message_complete(self) -> None:
         """The end of a response: for the final one, hand the connection back."""
@@ -316,6 +351,11 @@ class UpstreamConn(Outbox):
         self.ex = None
         ex.upstream = None
         client = ex.client
+        held = self.held
+        if held is not None:  # the whole response is here: now the client gets it
+            self.held = None
+            ex.resp_started = True
+            client.wbuf += held
         if self.write_paused or client.write_paused:
             self.ex = ex
             self._detach(ex)
@@ -344,11 +384,11 @@ class UpstreamConn(Outbox):
         if len(data) < n:
             self.raw_left = n - len(data)
             ex.sent += len(data)
-            ex.client.wbuf.append(data)
+            self.sink.append(data)
             return b""
         ex.sent += n
         self.raw_left = 0
-        ex.client.wbuf.append(data if len(data) == n else data[:n])
+        self.sink.append(data if len(data) == n else data[:n])
         self.parser = httptools.HttpResponseParser(self)
         self._complete()
         return data[n:]

@@ -89,6 +89,7 @@ def peer_routes(peers: Iterable[dict[str, Any]]) -> tuple[PeerRoute, ...]:
             # In steps of RTT_STEP ms: a LAN's jitter must not rebuild the routes every interval.
             rtt_ms=None if p.get("rtt_ms") is None else int(p["rtt_ms"] // RTT_STEP) * RTT_STEP,
             stale=bool(p.get("stale")),
+            interval=float(p.get("interval", 1.0)),
         )
         for p in peers
     )
