@@ -21,6 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.lab import Lab
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 
@@ -261,3 +263,13 @@ def started() -> Iterator[list[subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A LAN of three network namespaces (tests/lab.py) for one test module, removed after."""
+    built = Lab(n=3).up()
+    try:
+        yield built
+    finally:
+        built.down()

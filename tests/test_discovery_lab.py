@@ -36,15 +36,6 @@ version = "{version}"
 CLIENT = Path(__file__).parent / "fixtures" / "lab_client.py"
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    built = Lab(n=3).up()
-    try:
-        yield built
-    finally:
-        built.down()
-
-
 def node(
     new_project: Callable[[], Project],
     lab: Lab,

@@ -48,15 +48,6 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    built = Lab(n=3).up()
-    try:
-        yield built
-    finally:
-        built.down()
-
-
 BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n"
 
 
@@ -128,7 +119,7 @@ def never_failed_once_served(report: dict[str, Any]) -> None:
     """No 403 at all, and nothing but 200 from the first 200 on (before it the name may be
     unknown yet, 404, or known and starting, 503)."""
     runs = report["runs"]
-    statuses = [status for status, _ in runs]
+    statuses = [status for status, *_ in runs]
     assert 403 not in statuses, runs
     assert 200 in statuses, runs
     assert all(s == 200 for s in statuses[statuses.index(200) :]), runs
