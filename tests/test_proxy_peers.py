@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import free_port
 from tests.proxy_helpers import (
     LOOP,
     Backend,
@@ -193,3 +194,52 @@ def test_a_services_own_403_passes_through(tmp_path: Path) -> None:
             assert resp.status == 403 and resp.body == expected
             assert resp.header("X-Reason") == "role"
         assert good.connections == 0
+
+
+def test_a_peer_not_reachable_yet(tmp_path: Path) -> None:
+    """The only copy is a peer that cannot be reached at first (right after a partition heals
+    the first connects may find no route): the request waits for it, within its interval; a
+    peer that stays unreachable costs one such wait, then 503 at once until it answers."""
+    port = free_port()
+    late = threading.Timer(0.3, lambda: listening.append(serve_once(port)))
+    listening: list[threading.Thread] = []
+    with ProxyProc(tmp_path, [], lan_access="any") as proxy:
+        proxy.reload([], peers=[peer("late", port, 1, interval=2.0)])
+        late.start()
+        started = time.monotonic()
+        resp = request(proxy.port, method="POST", path="/", body=b"payload")
+        assert resp.status == 200 and resp.body == b"POST / 7"  # its body kept for the retry
+        assert 0.25 < time.monotonic() - started < 2.5
+        listening[0].join(5)
+        gone = free_port()
+        proxy.reload([], peers=[peer("gone", gone, 1, interval=0.5)])
+        started = time.monotonic()
+        assert request(proxy.port).status == 503
+        assert 0.4 < time.monotonic() - started < 2
+        started = time.monotonic()
+        assert request(proxy.port).status == 503
+        assert time.monotonic() - started < 0.3
+
+
+def serve_once(port: int) -> threading.Thread:
+    """Listen on `port` now and answer one request with its method, path and body length."""
+    sock = socket.create_server((LOOP, port))
+
+    def run() -> None:
+        with sock:
+            conn, _ = sock.accept()
+            with conn:
+                head = read_head(conn)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += conn.recv(65536)
+                line = head.split(b"\r\n")[0].split(b" ")
+                answer = b"%s %s %d" % (line[0], line[1], len(body))
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

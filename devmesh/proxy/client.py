@@ -488,7 +488,10 @@ class ClientProtocol(Outbox):
 
     def upstream_failed(self, ex: Exchange, status: int, detail: str) -> None:
         """The backend could not be reached (503) or broke off (502): the next candidate, if
-        there is one and the request can be sent again, else the proxy's own answer."""
+        there is one and the request can be sent again; for a peer that could not be reached
+        and no other copy, the same peer after a short wait (`ProxyServer.again`: right after
+        a partition heals, the first connects may find no route yet); else the proxy's own
+        answer."""
         if ex.dead or ex is not self.active:
             return
         if ex.resp_started:
@@ -497,7 +500,7 @@ class ClientProtocol(Outbox):
         target = ex.target
         if target is not None and target.candidates:
             self.server.failed(target.candidates[ex.attempt].key)
-        if self.retry(ex, status):
+        if self.retry(ex, status) or (status == 503 and self.server.again(ex)):
             return
         self._local(ex, status, detail)
         self._answer_local(ex)
@@ -505,9 +508,9 @@ class ClientProtocol(Outbox):
     def refused(self, ex: Exchange) -> bool:
         """A peer's proxy refused `ex` because it has not heard of this node yet (the two
         nodes learnt of each other at different moments). No service saw it, so a bodyless
-        request goes on like after a refused connection: to the next copy, or, when none is
-        left, to the same peer again a little later (`ProxyServer.again`). False: the 403 is
-        relayed (a body already went out and is not kept, or the peer keeps refusing)."""
+        request goes on like after a failed connect: to the next copy, or, when none is left,
+        to the same peer again a little later (`ProxyServer.again`). False: the 403 is relayed
+        (a body already went out and is not kept, or the peer keeps refusing)."""
         if ex.dead or ex.body_kind != NO_BODY:
             return False
         return self.retry(ex, 503) or self.server.again(ex)

@@ -93,6 +93,8 @@ class ProxyServer:
         self.sticky: dict[tuple[bytes, str], str] = {}
         # Passive health: copies (pool keys) that just failed, and until when they are avoided.
         self.ejected: dict[tuple[str, int], float] = {}
+        # Peers a request waited for in vain (`again`): until when no request waits for them.
+        self.waited_out: dict[tuple[str, int], float] = {}
         self._led: dict[tuple[int, str], Target] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -178,8 +180,9 @@ class ProxyServer:
         self.ejected[key] = self.loop.time() + self.settings.eject_for
 
     def recovered(self, key: tuple[str, int]) -> None:
-        """A copy answered: no longer avoided."""
+        """A copy answered: no longer avoided, and worth waiting for again."""
         self.ejected.pop(key, None)
+        self.waited_out.pop(key, None)
 
     def avoiding(self, target: Target) -> Target:
         """`target` with the copies that failed lately moved to the end (in their order)."""
@@ -192,20 +195,25 @@ class ProxyServer:
         return target.reordered((*[c for c in target.candidates if c not in bad], *bad))
 
     def again(self, ex: Exchange) -> bool:
-        """Send `ex` to the same peer again after a short wait (the peer refused it: it has
-        not heard of this node yet, and will within about one of its intervals). False when
-        the waits add up to that interval already: the peer is avoided for a while (passive
-        health), and its refusals are relayed at once until it answers."""
+        """Send `ex` to the same peer again after a short wait: the peer refused it (it has
+        not heard of this node yet) or could not be reached (no route yet after a partition
+        healed), which one of its intervals should settle. False for this node's own
+        process, and when the waits add up to that interval: then no request waits for that
+        peer again (for `eject_for`) until it answers."""
         target = ex.target
         assert target is not None
         candidate = target.candidates[ex.attempt]
+        key = candidate.key
         waited = ex.waited
-        if candidate.key in self.ejected or waited >= candidate.interval:
-            self.failed(candidate.key)
+        if not candidate.peer or self.waited_out.get(key, 0.0) > self.loop.time():
+            return False
+        if waited >= candidate.interval:
+            self.waited_out[key] = self.loop.time() + self.settings.eject_for
+            self.failed(key)
             return False
         delay = min(max(AGAIN_FIRST, waited), candidate.interval - waited)
         ex.waited = waited + delay
-        self.loop.call_later(delay, self._again, ex, candidate.key)
+        self.loop.call_later(delay, self._again, ex, key)
         return True
 
     def _again(self, ex: Exchange, key: tuple[str, int]) -> None:

@@ -195,7 +195,12 @@ class UpstreamConn(Outbox):
         if target is not None and target.remote_choice and code < 500:
             self.server.stick(ex.client.client_ip, target, target.candidates[ex.attempt].peer)
         server = self.server
-        if server.ejected and target is not None and code < 500 and not ex.turned_away:
+        if (
+            (server.ejected or server.waited_out)
+            and target is not None
+            and code < 500
+            and not ex.turned_away
+        ):
             server.recovered(target.candidates[ex.attempt].key)
         if code >= 500 and target is not None and len(target.candidates) > 1:
             server.failed(target.candidates[ex.attempt].key)  # passive health
