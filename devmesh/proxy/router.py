@@ -189,6 +189,8 @@ class Router:
             *(ServiceRoute(name=n, upstream=None, state="remote") for n in remote_only),
         ]
         self.targets: list[Target] = [self._target(s, table.peers) for s in routes]
+        # Where peers' proxies listen: a pool to one of them holds small answers whole.
+        self.peer_keys = frozenset(c.key for t in self.targets for c in t.candidates if c.peer)
         # Names first, then aliases: a service's own name beats another's alias.
         self._by_name: dict[str, Target] = {}
         for t in self.targets:

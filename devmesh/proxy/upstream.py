@@ -51,6 +51,7 @@ class UpstreamConn(Outbox):
         # Per connection.
         super().__init__(pool.server)
         self.pool = pool
+        self.peer = pool.peer
         self.head = ResponseHead()
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -239,12 +240,7 @@ class UpstreamConn(Outbox):
         built = head.build(status, ex.trace, chunk, close, keep_10, extra=ex.warning)
         if length > 0 and not head.chunked:
             self.body_left = length
-            if (
-                length <= HOLD_MAX
-                and target is not None
-                and target.candidates[ex.attempt].peer
-                and ex.repeatable
-            ):
+            if self.peer and length <= HOLD_MAX and ex.repeatable:
                 self.held = self.sink = [built]  # the client gets it once the body is here
                 return
         elif length < 0 and not head.chunked:
@@ -441,6 +437,7 @@ class Pool:
         self.retired = False  # the address left the route table
         self.max_idle = server.settings.pool_max_idle
         self.opened = 0  # connections made, for tests and stats
+        self.peer = key in server.router.peer_keys  # a peer's proxy, not a service here
 
     def acquire(self, ex: Exchange) -> None:
         """Give `ex` a connection: an idle one now, or a new one when it is connected."""
