@@ -477,7 +477,7 @@ def measure(args: argparse.Namespace, describe: str) -> int:
     if args.markdown is not None:
         info = d.machine() if d.SOURCE else {}
         section = markdown(args, lines, goals, results, info, describe, (load_before, load_after))
-        write_section(args.markdown, "Failover", section + f"\nThe run took {elapsed:.0f} s.\n")
+        write_section(args.markdown, "Failover", section + f"\n\nThe run took {elapsed:.0f} s.\n")
         print(f"\nwrote {args.markdown}")
     return 0 if all(g.passed is not False for g in goals) else 1
 
