@@ -148,7 +148,7 @@ def test_a_peer_that_has_not_heard_of_us_yet(tmp_path: Path) -> None:
         resp = request(proxy.port)
         assert resp.status == 200 and resp.body == b"served"
         assert only.accepted == 4  # refused three times, a fresh connection each time
-        assert time.monotonic() - started < 0.5 + 1  # within the peer's interval
+        assert time.monotonic() - started < 1  # four short waits (25, 25, 50 ms)
         resp = request(proxy.port, method="POST", path="/", body=b"payload")
         assert resp.status == 200  # it knows us by now
     with (
@@ -158,12 +158,12 @@ def test_a_peer_that_has_not_heard_of_us_yet(tmp_path: Path) -> None:
         proxy.reload([], peers=[peer("never", never.port, 1)])
         resp = request(proxy.port, method="POST", path="/", body=b"payload")
         assert resp.status == 403 and never.accepted == 1
-        # A bodyless one waits for at most the peer's interval (0.5 s), then gets the 403;
+        # A bodyless one waits for at most 3 of the peer's intervals (1.5 s), then gets the 403;
         # the next one is not kept waiting (the peer is avoided until it answers).
         started = time.monotonic()
         assert request(proxy.port).status == 403
         waited = time.monotonic() - started
-        assert 0.4 < waited < 2, waited
+        assert 1.4 < waited < 3, waited
         started = time.monotonic()
         assert request(proxy.port).status == 403
         assert time.monotonic() - started < 0.3
@@ -198,7 +198,7 @@ def test_a_services_own_403_passes_through(tmp_path: Path) -> None:
 
 def test_a_peer_not_reachable_yet(tmp_path: Path) -> None:
     """The only copy is a peer that cannot be reached at first (right after a partition heals
-    the first connects may find no route): the request waits for it, within its interval; a
+    the first connects may find no route): the request waits for it, 3 intervals at most; a
     peer that stays unreachable costs one such wait, then 503 at once until it answers."""
     port = free_port()
     late = threading.Timer(0.3, lambda: listening.append(serve_once(port)))
@@ -215,7 +215,7 @@ def test_a_peer_not_reachable_yet(tmp_path: Path) -> None:
         proxy.reload([], peers=[peer("gone", gone, 1, interval=0.5)])
         started = time.monotonic()
         assert request(proxy.port).status == 503
-        assert 0.4 < time.monotonic() - started < 2
+        assert 1.4 < time.monotonic() - started < 3
         started = time.monotonic()
         assert request(proxy.port).status == 503
         assert time.monotonic() - started < 0.3

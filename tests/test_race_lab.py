@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import Project, wait_until
 from tests.lab import Lab, lab_unavailable
-from tests.test_discovery_lab import CLIENT, INTERVAL, get, load, sees, services_seen
+from tests.test_discovery_lab import CLIENT, INTERVAL, get, load, peers_json, sees, services_seen
 
 pytestmark = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
 
@@ -195,3 +195,14 @@ def test_kill_9_of_a_serving_peer_under_load(new_project: Callable[[], Project],
             wait_until(lambda: sees(b, "api", 1), 3 * INTERVAL + 5, "B drops the killed node")
             copies[host] = node(new_project, lab, host, "api", f"api of {host}")
     assert failed == []
+
+
+def test_a_new_peer_is_answered_at_once(new_project: Callable[[], Project], lab: Lab) -> None:
+    """With an interval of 30 s, host 2's node starts after host 1's last announcement: it
+    hears host 1 at once all the same, because host 1 answers its first announcement by
+    unicast (counted in `replied`), instead of 30 s later."""
+    a = node(new_project, lab, 1, "api", interval=30.0)
+    b = node(new_project, lab, 2, "web", interval=30.0)
+    wait_until(lambda: services_seen(b) == {"api"}, 3, "B hears A without waiting 30 s")
+    assert services_seen(a) == {"web"}
+    assert peers_json(a)["stats"]["replied"] >= 1

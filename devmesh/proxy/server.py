@@ -34,8 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("devmesh.proxy")
 STICKY_MAX = 10_000
 # A request a peer refused (it has not heard of this node yet) is sent to it again after
-# these waits, doubling, for at most the peer's announcement interval in all.
+# waits of AGAIN_FIRST, doubling, for at most AGAIN_INTERVALS of the peer's announcement
+# intervals in all: the time after which a peer drops a silent one. One interval was not
+# enough on a loaded 2-core machine (the refusing node's discovery -> parent -> proxy took
+# longer right after its start: tests/test_race_lab.py).
 AGAIN_FIRST = 0.025
+AGAIN_INTERVALS = 3
 
 
 @dataclass(frozen=True)
@@ -197,9 +201,9 @@ class ProxyServer:
     def again(self, ex: Exchange) -> bool:
         """Send `ex` to the same peer again after a short wait: the peer refused it (it has
         not heard of this node yet) or could not be reached (no route yet after a partition
-        healed), which one of its intervals should settle. False for this node's own
-        process, and when the waits add up to that interval: then no request waits for that
-        peer again (for `eject_for`) until it answers."""
+        healed), which a few of its intervals should settle. False for this node's own
+        process, and when the waits add up to AGAIN_INTERVALS intervals: then no request
+        waits for that peer again (for `eject_for`) until it answers."""
         target = ex.target
         assert target is not None
         candidate = target.candidates[ex.attempt]
@@ -207,11 +211,12 @@ class ProxyServer:
         waited = ex.waited
         if not candidate.peer or self.waited_out.get(key, 0.0) > self.loop.time():
             return False
-        if waited >= candidate.interval:
+        limit = AGAIN_INTERVALS * candidate.interval
+        if waited >= limit:
             self.waited_out[key] = self.loop.time() + self.settings.eject_for
             self.failed(key)
             return False
-        delay = min(max(AGAIN_FIRST, waited), candidate.interval - waited)
+        delay = min(max(AGAIN_FIRST, waited), limit - waited)
         ex.waited = waited + delay
         self.loop.call_later(delay, self._again, ex, key)
         return True
