@@ -9,7 +9,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,15 +20,6 @@ from tests.test_discovery_lab import INTERVAL, get, load, node, peers_json, sees
 pytestmark = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
 
 SERVE = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", "site"]
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    built = Lab(n=2).up()
-    try:
-        yield built
-    finally:
-        built.down()
 
 
 def hand_node(

@@ -5,7 +5,7 @@ are used. Skipped, with the reason, where namespaces cannot be made."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -14,15 +14,6 @@ from tests.lab import Lab, lab_unavailable
 from tests.test_discovery_lab import INTERVAL, SERVICE, get, node, peers_json, sees
 
 pytestmark = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    built = Lab(n=2).up()
-    try:
-        yield built
-    finally:
-        built.down()
 
 
 def discovery_pid(proj: Project) -> int:
