@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from devmesh.proxy.table import RouteTable
 
-PROTOCOL = 6
+PROTOCOL = 7
 
 
 # ---- worker -> parent ----
@@ -83,6 +83,28 @@ class HealthResult:
     kind: Literal["health_result"] = "health_result"
 
 
+@dataclass(frozen=True)
+class FilesChanged:
+    """A burst of changes to files a service watches, once it is over (the watch worker):
+    the first changed path (relative to the service's cwd) and how many paths in all."""
+
+    service: str
+    first: str
+    count: int
+    kind: Literal["files_changed"] = "files_changed"
+
+
+@dataclass(frozen=True)
+class Watching:
+    """The watch worker applied a plan: from now on a change to these services' files is
+    seen (`dirs` directories are watched); `problems` say what could not be watched."""
+
+    services: tuple[str, ...]
+    dirs: int
+    problems: tuple[str, ...] = ()
+    kind: Literal["watching"] = "watching"
+
+
 # ---- parent -> worker ----
 
 
@@ -151,6 +173,25 @@ class HealthPlan:
 
 
 @dataclass(frozen=True)
+class WatchTarget:
+    """What the watch worker watches for one service: its `watch` and `watch_ignore`
+    entries, relative to its `cwd`."""
+
+    service: str
+    cwd: str
+    watch: tuple[str, ...]
+    ignore: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WatchPlan:
+    """Every service the watch worker should watch now (the rest are no longer watched)."""
+
+    targets: tuple[WatchTarget, ...]
+    kind: Literal["watch_plan"] = "watch_plan"
+
+
+@dataclass(frozen=True)
 class StateUpdate:
     """The node as `devmesh status`, `peers` and `status --routes` show it, for the control
     worker (dashboard, `/metrics`): sent on every change, and once a second."""
@@ -185,7 +226,15 @@ class Stop:
 
 
 WorkerMessage = (
-    Ready | Heartbeat | ControlRequest | PeersUpdate | ProxyStats | RequestLines | HealthResult
+    Ready
+    | Heartbeat
+    | ControlRequest
+    | PeersUpdate
+    | ProxyStats
+    | RequestLines
+    | HealthResult
+    | FilesChanged
+    | Watching
 )
 ParentMessage = (
     Configure
@@ -193,6 +242,7 @@ ParentMessage = (
     | RoutesUpdate
     | Announce
     | HealthPlan
+    | WatchPlan
     | StateUpdate
     | LogLevel
     | Leave

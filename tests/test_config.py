@@ -141,6 +141,8 @@ routes = ["/api/*", "/ws"]
 aliases = ["mono.test", "app"]
 host_header = "keep"
 watch = ["src/**"]
+watch_ignore = ["*.log"]
+watch_restart_dependents = true
 stop_signal = "SIGQUIT"
 stop_timeout = "10s"
 start_secs = 2
@@ -155,7 +157,7 @@ def full(tmp_path: Path) -> Config:
     write(tmp_path, "s3cret\n", "secret.txt")
     for name in ("certs/node.pem", "certs/node.key", "certs/ca.pem"):
         write(tmp_path, "x\n", name)
-    (tmp_path / "apps" / "mono").mkdir(parents=True)
+    (tmp_path / "apps" / "mono" / "src").mkdir(parents=True)
     return load(write(tmp_path, FULL))
 
 
@@ -222,6 +224,8 @@ def test_full_file_services(full: Config, tmp_path: Path) -> None:
         aliases=("mono.test", "app"),
         host_header="keep",
         watch=("src/**",),
+        watch_ignore=("*.log",),
+        watch_restart_dependents=True,
         stop_signal=signal.SIGQUIT,
         stop_timeout=10.0,
         start_secs=2.0,
@@ -558,7 +562,6 @@ def test_bad_health_in_file(tmp_path: Path) -> None:
         ('host_header = "bad host"', "services.web.host_header", '"bad host" is not a Host value'),
         ('host_header = ""', "services.web.host_header", "must not be empty"),
         ('routes = "/api"', "services.web.routes", "must be an array, not a string"),
-        ('watch = ["src", ""]', "services.web.watch[1]", "must not be empty"),
         ('aliases = ["bad_"]', "services.web.aliases[0]", '"bad_" is not a host name'),
         ('routes = ["/a", "/a"]', "services.web.routes[1]", '"/a" is listed twice'),
     ],
@@ -567,6 +570,65 @@ def test_service_field_errors(tmp_path: Path, extra: str, key: str, message: str
     issue = toml_issue(tmp_path, f"[services.web]\n{extra}\n")
     assert (issue.line, issue.key) == (2, key)
     assert issue.message.startswith(message)
+
+
+def test_watch_errors_name_the_entry_and_its_line(tmp_path: Path) -> None:
+    (tmp_path / "api" / "src").mkdir(parents=True)
+    (tmp_path / "lib").mkdir()  # in the project, but watch entries are relative to cwd
+    (tmp_path / "api" / "app.py").write_text("")
+    issues = issues_of(
+        write(
+            tmp_path,
+            """
+            [services.api]
+            command = "python app.py"
+            cwd = "api"
+            watch = [
+              "src/",
+              "app.py",
+              "",
+              "lib/",
+              "lib/**/*.py",
+              "app.py/*.py",
+            ]
+            watch_restart_dependents = "yes"
+
+            [services.ext]
+            port = 3000
+            watch = ["."]
+
+            [services.web]
+            command = "x"
+            watch_ignore = ["*.log"]
+            """,
+        )
+    )
+    got = [(i.line, i.key, i.message) for i in issues]
+    api = tmp_path.resolve() / "api"
+    assert got == [
+        (7, "services.api.watch[2]", "must not be empty"),
+        (8, "services.api.watch[3]", f'"lib/" does not exist ({api}/lib)'),
+        (
+            9,
+            "services.api.watch[4]",
+            f'"lib/**/*.py": the directory before the wildcard, {api}/lib does not exist',
+        ),
+        (
+            10,
+            "services.api.watch[5]",
+            f'"app.py/*.py": the directory before the wildcard, {api}/app.py is not a directory',
+        ),
+        (12, "services.api.watch_restart_dependents", 'expected true or false, got "yes"'),
+        (
+            16,
+            "services.ext.watch",
+            "an external service (no command) is not run by devmesh, so nothing restarts it",
+        ),
+        (20, "services.web.watch_ignore", "does nothing without watch"),
+    ]
+    assert issues[1].fix == (
+        "create it, or fix the path (watch entries are relative to the service's cwd)"
+    )
 
 
 def test_restart_did_you_mean(tmp_path: Path) -> None:
@@ -1101,7 +1163,8 @@ def test_describe_toml(full: Config) -> None:
     assert "namespace feature-x" in text and "proxy :9090" in text and "3 workers" in text
     assert "udp :36000" in text and "every 500ms" in text
     table = lines[lines.index("") + 1 :]
-    assert table[0].split() == ["SERVICE", "PORT", "RESTART", "DEPENDS", "ON", "CWD", "COMMAND"]
+    header = ["SERVICE", "PORT", "RESTART", "DEPENDS", "ON", "WATCH", "CWD", "COMMAND"]
+    assert table[0].split() == header
     assert [row.split()[0] for row in table[1:]] == ["db", "migrate", "mono"]
     assert table[2].split()[:4] == ["migrate", "auto", "no", "db"]
     assert "db (healthy), migrate (completed)" in table[3]

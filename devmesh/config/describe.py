@@ -82,7 +82,9 @@ def describe_discovery(config: Config) -> str:
 
 def _table(config: Config) -> list[str]:
     show_cwd = any(s.cwd != config.root for s in config.services.values())
+    show_watch = any(s.watch for s in config.services.values())
     header = ["SERVICE", "PORT", "RESTART", "DEPENDS ON"]
+    header += ["WATCH"] if show_watch else []
     header += ["CWD", "COMMAND"] if show_cwd else ["COMMAND"]
     rows = [header]
     for service in config.services.values():
@@ -92,6 +94,8 @@ def _table(config: Config) -> list[str]:
             service.restart.value if service.command is not None else "-",
             _depends(service) or "-",
         ]
+        if show_watch:
+            row.append(_watch(service) or "-")
         if show_cwd:
             row.append(_relative(service.cwd, config.root))
         row.append(service.command if service.command is not None else "(external: devmesh run)")
@@ -109,6 +113,15 @@ def _depends(service: ServiceConfig) -> str:
         dep if condition is DependCondition.STARTED else f"{dep} ({condition.value})"
         for dep, condition in service.depends_on.items()
     )
+
+
+def _watch(service: ServiceConfig) -> str:
+    """`src/**/*.py, templates/ (not *.log; +dependents)`: what restarts it on a change."""
+    if not service.watch:
+        return ""
+    extra = [f"not {', '.join(service.watch_ignore)}"] if service.watch_ignore else []
+    extra += ["+dependents"] if service.watch_restart_dependents else []
+    return ", ".join(service.watch) + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -148,7 +148,9 @@ class ServiceConfig:
     routes: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     host_header: str = HostHeader.CANONICAL.value  # "canonical" | "keep" | a fixed Host value
-    watch: tuple[str, ...] = ()
+    watch: tuple[str, ...] = ()  # paths and globs relative to cwd: a change restarts it
+    watch_ignore: tuple[str, ...] = ()  # globs (relative to cwd) or names never watched
+    watch_restart_dependents: bool = False  # a watch restart restarts its dependents too
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
     start_secs: float = 1.0  # alive this long after start = RUNNING (supervisord's startsecs)

@@ -30,13 +30,15 @@ from devmesh.config.values import (
     kind_of,
     parse_signal,
     show,
+    watched_path,
 )
 
 SERVICE_KEYS = (
     "command", "run", "port", "version", "cwd", "env", "restart", "depends_on",
     "health", "health_interval", "health_timeout", "healthy_threshold", "unhealthy_threshold",
     "start_period", "restart_on_unhealthy", "routes", "aliases", "host_header", "watch",
-    "stop_signal", "stop_timeout", "start_secs", "max_restarts", "backoff",
+    "watch_ignore", "watch_restart_dependents", "stop_signal", "stop_timeout", "start_secs",
+    "max_restarts", "backoff",
 )  # fmt: skip
 
 NO_SERVICES_FIX = "add [services.NAME] with a command"
@@ -110,13 +112,16 @@ def read_service(
         else:
             env[var] = value
     depends_on, dep_keys = read_depends_on(t)
+    cwd = t.get("cwd", existing_path(root, directory=True), root)
+    command = command if command is not None else run
+    watch, watch_ignore, watch_dependents = read_watch(t, cwd, command)
     return (
         ServiceConfig(
             name=name,
-            command=command if command is not None else run,
+            command=command,
             port=t.get("port", as_port, d.port),
             version=t.get("version", as_text, d.version),
-            cwd=t.get("cwd", existing_path(root, directory=True), root),
+            cwd=cwd,
             env=env,
             restart=t.get("restart", choice(RestartPolicy, "a restart policy"), d.restart),
             depends_on=depends_on,
@@ -136,7 +141,9 @@ def read_service(
             routes=t.get_list("routes", as_route),
             aliases=t.get_list("aliases", as_hostname),
             host_header=t.get("host_header", as_host_header, d.host_header),
-            watch=t.get_list("watch", as_text),
+            watch=watch,
+            watch_ignore=watch_ignore,
+            watch_restart_dependents=watch_dependents,
             stop_signal=t.get("stop_signal", parse_signal, d.stop_signal),
             stop_timeout=t.get("stop_timeout", duration_at_least(0), d.stop_timeout),
             start_secs=t.get("start_secs", duration_at_least(0), d.start_secs),
@@ -146,6 +153,28 @@ def read_service(
         ),
         dep_keys,
     )
+
+
+def read_watch(
+    t: Table, cwd: Path, command: str | None
+) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """`watch` (every entry must exist, relative to `cwd`), `watch_ignore` and
+    `watch_restart_dependents`; the last two, or `watch` on an external service, would do
+    nothing, so they are errors."""
+    watch = t.get_list("watch", watched_path(cwd))
+    ignore = t.get_list("watch_ignore", as_text)
+    dependents = t.get("watch_restart_dependents", as_bool, False)
+    if not t.data.get("watch"):
+        for key in ("watch_ignore", "watch_restart_dependents"):
+            if key in t:
+                t.issue(key, "does nothing without watch", f'add watch = ["src/"] or remove {key}')
+    if t.data.get("watch") and command is None:
+        t.issue(
+            "watch",
+            "an external service (no command) is not run by devmesh, so nothing restarts it",
+            "give it a command, or remove watch",
+        )
+    return watch, ignore, dependents
 
 
 def read_depends_on(t: Table) -> tuple[dict[str, DependCondition], dict[str, Key]]:

@@ -17,6 +17,8 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import TypeVar
 
+from devmesh.watch.patterns import split_glob
+
 # A service name becomes a DNS label (`api.localhost`), hence the label's shape and length.
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$")
 MAX_NAME = 63
@@ -293,5 +295,24 @@ def existing_path(root: Path, *, directory: bool) -> Callable[[object], Path]:
                 f"{path} does not exist", "create it or fix the path (relative to the project)"
             )
         return path
+
+    return convert
+
+
+def watched_path(cwd: Path) -> Callable[[object], str]:
+    """A converter for a `watch` entry: a path or glob relative to `cwd` whose directory
+    before the first wildcard (or the path itself, without one) exists."""
+
+    def convert(value: object) -> str:
+        entry = as_text(value)
+        base, rest = split_glob(entry)
+        path = (cwd / base).resolve()
+        fix = "create it, or fix the path (watch entries are relative to the service's cwd)"
+        if rest and not path.is_dir():
+            what = f"{path} is not a directory" if path.exists() else f"{path} does not exist"
+            raise BadValue(f"{show(entry)}: the directory before the wildcard, {what}", fix)
+        if not rest and not path.exists():
+            raise BadValue(f"{show(entry)} does not exist ({path})", fix)
+        return entry
 
     return convert

@@ -54,6 +54,7 @@ from devmesh.supervisor.routes import (
 from devmesh.supervisor.service import PROBED, Service
 from devmesh.supervisor.states import ServiceState, WorkerState
 from devmesh.supervisor.watchdog import Watchdog
+from devmesh.supervisor.watching import files_changed, watch_plan, watching_lines
 from devmesh.supervisor.workers import SILENCE_LIMIT, STARTUP_LIMIT, WorkerHandle, WorkerSpec
 
 TICK = 1.0  # the loop wakes at least this often: heartbeat checks, and reaping as a fallback
@@ -125,6 +126,7 @@ class Supervisor:
         self._routes: RouteTable | None = None
         self._announced: m.Announce | None = None
         self._health_plan: m.HealthPlan | None = None
+        self._watch_plan: m.WatchPlan | None = None  # None: no watch worker
         self._mismatches: list[str] = []
         self.pins: dict[str, str] = {}  # service -> peer node id (`devmesh route --peer`)
         self._proxy_refused: dict[str, int] = {}  # proxy worker -> requests it refused (403)
@@ -316,6 +318,7 @@ class Supervisor:
         self._reconcile_proxy()
         self._add_worker(WorkerSpec("health", "devmesh.health.worker:make_role"))
         self._add_discovery()
+        self._reconcile_watch()
 
     def _add_discovery(self) -> bool:
         """Start the discovery worker with the current settings, unless discovery is off."""
@@ -602,6 +605,7 @@ class Supervisor:
             self.logs.system(f"config reloaded: {change.describe()}")
             old, self.config = self.config, new
             self.svcs.apply(new, change)
+            self._reconcile_watch()
             self._apply_sections(old, new)
         self._pending(saved)
 
@@ -690,6 +694,31 @@ class Supervisor:
                 self.logs.system(f"config not applied: {line}", level=logging.WARNING)
         self.config_pending = pending
 
+    def _reconcile_watch(self) -> None:
+        """Run the watch worker while some service has `watch`, and send it what to watch
+        when that changed (at start and after a reload). `devmesh proxy` runs no command."""
+        plan = watch_plan(self.config) if not self.proxy_only else m.WatchPlan(targets=())
+        handle = self.workers.get("watch")
+        if not plan.targets:
+            self._watch_plan = None
+            if handle is not None:
+                self._retire_worker(handle)
+            return
+        if plan == self._watch_plan and handle is not None:
+            return
+        self._watch_plan = plan
+        if handle is None:
+            self._add_worker(WorkerSpec("watch", "devmesh.watch.worker:make_role"))
+        else:
+            handle.send(plan)
+
+    def _retire_worker(self, handle: WorkerHandle) -> None:
+        """Stop a worker that the config no longer needs (it is reaped, not restarted)."""
+        handle.state = WorkerState.STOPPING
+        handle.send(m.Stop())
+        del self.workers[handle.name]
+        self._retired.append(handle)
+
     def _start_worker(self, handle: WorkerHandle) -> None:
         handle.start(time.monotonic())
         assert handle.process is not None and handle.conn is not None
@@ -700,6 +729,8 @@ class Supervisor:
             handle.send(self._announced)
         if handle.name == "health" and self._health_plan is not None:
             handle.send(self._health_plan)
+        if handle.name == "watch" and self._watch_plan is not None:
+            handle.send(self._watch_plan)
         self.selector.register(
             handle.conn, selectors.EVENT_READ, lambda _: self._from_worker(handle)
         )
@@ -721,6 +752,11 @@ class Supervisor:
                 self._proxy_refused[msg.worker] = msg.refused
             elif isinstance(msg, m.RequestLines):
                 self._request_lines(msg)
+            elif isinstance(msg, m.FilesChanged):
+                files_changed(self.svcs, msg)
+            elif isinstance(msg, m.Watching):
+                for line, level in watching_lines(msg):
+                    self.logs.system(line, level=level)
         if eof:  # the worker's end of the pipe closed: it died
             self._worker_died(handle)
 

@@ -192,7 +192,8 @@ class ServiceSet:
                     return f"dependency {dep_name} {policy.describe_exit(last)}"
             met = policy.dependency_met(
                 cond,
-                started=dep.ever_started and dep.state is not S.STOPPED,
+                # A dependency on its way down (a restart) is not "started" for a new start.
+                started=dep.ever_started and dep.state not in (S.STOPPED, S.STOPPING),
                 running=dep.state is S.RUNNING,
                 completed=dep.state is S.EXITED and last is not None and not last.failed,
                 healthy=dep.healthy or (dep.config.command is None),  # external: assumed
@@ -541,6 +542,27 @@ class ServiceSet:
             self.stop(svc)
             return ""
         return self.user_start(svc)
+
+    def change_restart(self, svc: Service, why: str) -> bool:
+        """Watch mode: files `svc` watches changed (`why` says which). Restart it if it runs;
+        start it again if it crashed, waits in backoff or exited (with a fresh crash count, as
+        the change may be the fix). Never one the user stopped, nor one already stopping (its
+        next start sees the change). Whether it did something."""
+        if svc.user_stopped or not svc.wanted or svc.removing or svc.by_hand is not None:
+            return False
+        if svc.state in (S.STARTING, S.RUNNING):
+            svc.restart_after_stop = True
+            svc.history.clear()
+            self.host.logs.system(f"{svc.name} restarting: {why}", svc.name)
+            self.stop(svc)
+            return True
+        if svc.state in (S.BACKOFF, S.EXITED, S.FAILED):
+            svc.history.clear()
+            svc.to(S.STOPPED)  # BACKOFF/EXITED/FAILED -> STOPPED, started by advance()
+            self.host.logs.system(f"{svc.name} starting again: {why}", svc.name)
+            self.dirty = True
+            return True
+        return False
 
     # ------------------------------------------------------------------ marked processes
 

@@ -141,6 +141,18 @@ def dependents(name: str, depends_on: Mapping[str, Mapping[str, DependCondition]
     return {other for other, deps in depends_on.items() if name in deps}
 
 
+def all_dependents(name: str, depends_on: Mapping[str, Mapping[str, DependCondition]]) -> set[str]:
+    """Services that depend on `name`, directly or through others."""
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        for other in dependents(todo.pop(), depends_on) - found:
+            found.add(other)
+            todo.append(other)
+    found.discard(name)
+    return found
+
+
 def ready_to_stop(
     alive: Set[str], depends_on: Mapping[str, Mapping[str, DependCondition]]
 ) -> set[str]:
