@@ -36,8 +36,11 @@ DEFAULTS = DefaultIgnores.of(
     DefaultFilter.ignore_dirs,
     (*DefaultFilter.ignore_entity_patterns, r"^4913$", r"^#.*#$", r"\.kate-swp$"),
 )
-STEP_MS = 50  # the notifier returns a batch after this long without a new change
-BATCH_MS = 500  # and after this long at most while changes keep coming
+# The notifier hands over a batch after STEP_MS without a new change, and every BATCH_MS at most
+# while changes keep coming: well under the debouncer's QUIET (300 ms), which it measures
+# between batches, so that a burst is never cut in two by the batching itself.
+STEP_MS = 50
+BATCH_MS = 100
 
 ADDED = 1  # watchfiles' Change.added
 SCAN_LIMIT = 10_000  # files looked at in one new directory

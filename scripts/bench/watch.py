@@ -11,7 +11,8 @@ the same trivial service (`sleep 3600`) when a `.py` file under `src/` changes:
   the dashboard off, its own `XDG_RUNTIME_DIR`/`XDG_STATE_HOME`); the process measured is its
   watch worker (found with `devmesh status --json`), the only one that watches.
 - watchmedo: `python -m watchdog.watchmedo auto-restart --directory src --recursive
-  --patterns '*.py' --signal SIGTERM -- sleep 3600`; its Python process is measured.
+  --patterns '**/*.py' --signal SIGTERM -- sleep 3600` (watchdog 5+ matches the whole path:
+  `*.py` matches nothing below `src`); its Python process is measured.
 - nodemon: `nodemon --watch src --ext py --signal SIGTERM --exec 'sleep 3600'` (`--nodemon
   PATH`, else `nodemon` on PATH); its node process is measured.
 
@@ -20,8 +21,9 @@ Measured per tool and repeat:
 1. ready: devmesh says when its watches are in place (`watching files for app`): the time from
    launch to that line. The others do not say, so for them (and for comparison, devmesh too)
    the time from launch until the measured process used less than 5 ms of CPU in 1 s.
-2. idle CPU: user + system time of the measured process over `--idle` seconds (default 30)
-   in which nothing changes, once ready; as ms of CPU per minute (and % of one core).
+2. idle CPU: the CPU time of the measured process (all threads, from the scheduler's
+   nanosecond account in /proc/PID/task/*/schedstat) over `--idle` seconds (default 30) in
+   which nothing changes, once ready; as ms of CPU per minute.
 3. memory: RSS and PSS of the measured process at the end of the idle window.
 4. one edit: a file deep in the tree is rewritten; the time until the restarted service's new
    `sleep` process exists (polled every 10 ms; it includes each tool's debounce).
@@ -80,15 +82,15 @@ EDIT_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 POLL = 0.01
 MIB = 2**20
-EDITED = "src/d17/d05/f25.py"
 
 
-def make_tree(root: Path, files: int) -> int:
+def make_tree(root: Path, files: int) -> tuple[int, Path]:
     """`files` small .py files under root/src, PER_DIR per directory, in two levels; how many
-    directories that makes."""
+    directories that makes, and the file the benchmark edits (in the middle of the tree)."""
     leaves = -(-files // PER_DIR)
     width = max(1, int(leaves**0.5 + 0.999))
     made: set[Path] = set()
+    edited = root
     for i in range(files):
         leaf = i // PER_DIR
         directory = root / "src" / f"d{leaf // width:02}" / f"d{leaf % width:02}"
@@ -96,7 +98,9 @@ def make_tree(root: Path, files: int) -> int:
             directory.mkdir(parents=True, exist_ok=True)
             made.add(directory)
         (directory / f"f{i % PER_DIR:02}.py").write_text(f"value = {i}\n")
-    return len(made) + len({d.parent for d in made}) + 1
+        if i == files // 2:
+            edited = directory / f"f{i % PER_DIR:02}.py"
+    return len(made) + len({d.parent for d in made}) + 1, edited
 
 
 def free_port() -> int:
@@ -107,9 +111,13 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """CPU time of one process (all its threads, user and system), to the nanosecond: the
+    scheduler's own account (/proc/PID/task/*/schedstat), not clock ticks of 10 ms."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
 
 
 def sleeps(root: int) -> set[int]:
@@ -156,7 +164,7 @@ class Tool:
         if self.name == "watchmedo":
             return [
                 *(sys.executable, "-m", "watchdog.watchmedo", "auto-restart"),
-                *("--directory", "src", "--recursive", "--patterns", "*.py"),
+                *("--directory", "src", "--recursive", "--patterns", "**/*.py"),
                 *("--signal", "SIGTERM", "--", "sleep", "3600"),
             ]
         return [
@@ -198,11 +206,11 @@ class Tool:
         assert self.output is not None
         return self.output.read_text(errors="replace")
 
-    def watcher(self) -> int:
-        """The pid of the process that watches."""
+    def watcher(self) -> tuple[int, list[int]]:
+        """The pid of the process that watches, and (devmesh) its other processes."""
         assert self.proc is not None
         if self.name != "devmesh":
-            return self.proc.pid
+            return self.proc.pid, []
         status = subprocess.run(
             [sys.executable, "-m", "devmesh", "status", "--json"],
             cwd=self.work,
@@ -213,7 +221,9 @@ class Tool:
             check=True,
         )
         workers = json.loads(status.stdout)["workers"]
-        return int(next(w["pid"] for w in workers if w["name"] == "watch"))
+        watch = int(next(w["pid"] for w in workers if w["name"] == "watch"))
+        others = [int(w["pid"]) for w in workers if w["name"] != "watch"]
+        return watch, [self.proc.pid, *others]
 
     def says_ready(self) -> bool:
         """devmesh logs when its watches are in place; the others print nothing then."""
@@ -249,7 +259,7 @@ def wait_quiet(pid: int, launched: float) -> float:
     raise RuntimeError(f"pid {pid} did not go quiet within {READY_TIMEOUT:g}s")
 
 
-def run_tool(tool: Tool, home: Path, idle: float) -> dict[str, float]:
+def run_tool(tool: Tool, home: Path, idle: float, edited: Path) -> dict[str, float]:
     """One repeat of one tool: ready, idle CPU, memory, edit -> restart."""
     got: dict[str, float] = {}
     try:
@@ -260,14 +270,16 @@ def run_tool(tool: Tool, home: Path, idle: float) -> dict[str, float]:
         if tool.name == "devmesh":
             wait_for(tool.says_ready, READY_TIMEOUT, "devmesh to watch")
             got["said ready"] = time.monotonic() - launched
-        pid = tool.watcher()
+        pid, others = tool.watcher()
         got["quiet"] = wait_quiet(pid, launched)
-        before = cpu_seconds(pid)
+        before, rest = cpu_seconds(pid), sum(map(cpu_seconds, others))
         time.sleep(idle)
         got["idle cpu"] = (cpu_seconds(pid) - before) / idle * 60  # s of CPU per minute
+        if others:
+            got["rest cpu"] = (sum(map(cpu_seconds, others)) - rest) / idle * 60
         memory = psutil.Process(pid).memory_full_info()
         got["rss"], got["pss"] = memory.rss / MIB, memory.pss / MIB
-        (tool.work / EDITED).write_text(f"value = {time.time()}\n")
+        edited.write_text(f"value = {time.time()}\n")
         edited = time.monotonic()
         wait_for(lambda: sleeps(root) - set(first), EDIT_TIMEOUT, f"{tool.name} to restart")
         got["edit"] = time.monotonic() - edited
@@ -280,6 +292,7 @@ def run_tool(tool: Tool, home: Path, idle: float) -> dict[str, float]:
 
 ROWS = (
     ("idle cpu", "idle CPU of the watching process (ms of CPU per minute, lower is better)"),
+    ("rest cpu", "for scale: the rest of devmesh meanwhile (supervisor, other workers; ms/min)"),
     ("pss", "its PSS (MiB, lower is better)"),
     ("rss", "its RSS (MiB)"),
     ("edit", "one edit -> new service process (s, includes the debounce)"),
@@ -290,8 +303,8 @@ ROWS = (
 
 def fmt(metric: str, value: float) -> str:
     """A value with its unit."""
-    if metric == "idle cpu":
-        return f"{value * 1000:.1f} ms ({value / 60 * 100:.3f} %)"
+    if metric in ("idle cpu", "rest cpu"):
+        return f"{value * 1000:.1f} ms/min"
     if metric in ("pss", "rss"):
         return f"{value:.1f} MiB"
     return f"{value:.2f} s"
@@ -362,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
         try:
             t0 = time.monotonic()
-            dirs = make_tree(work, args.files)
+            dirs, edited = make_tree(work, args.files)
             print(
                 f"tree: {args.files:,} files in {dirs:,} directories, made in "
                 f"{time.monotonic() - t0:.1f} s",
@@ -374,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     home = Path(tempfile.mkdtemp(prefix="bw", dir="/tmp"))
                     tool = Tool(name, work, source, args.nodemon)
                     try:
-                        got = run_tool(tool, home, args.idle)
+                        got = run_tool(tool, home, args.idle, edited)
                     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                         failures.append(f"repeat {r + 1}, {name}: {exc}")
                         print(f"  {name} failed: {exc}\n{tool.text()[-2000:]}", flush=True)
