@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -59,6 +60,19 @@ def sentinel(project: Project, run: Running, path: str, service: str = "api") ->
     return reasons[: reasons.index(why)]
 
 
+def up_api(project: Project, keys: str, *dirs: str) -> tuple[Running, int]:
+    """`devmesh up` with one service `api` (a sleeping app.py) and these `watch*` keys, once
+    its files are watched, with `dirs` made first; the run and api's pid."""
+    project.write("app.py", APP)
+    for directory in dirs:
+        (project.root / directory).mkdir(parents=True, exist_ok=True)
+    service = '[services.api]\ncommand = "python3 app.py"\nstart_secs = 0.2\n'
+    project.toml(service + textwrap.dedent(keys).lstrip())
+    run = project.up()
+    watching(run)
+    return run, project.wait_state("api", "running")["pid"]
+
+
 def new_pid(project: Project, name: str, old: int) -> int:
     """Wait until `name` runs with a pid other than `old`."""
 
@@ -74,19 +88,9 @@ def new_pid(project: Project, name: str, old: int) -> int:
 
 
 def test_an_edit_restarts_the_service_and_names_the_file(project: Project) -> None:
-    project.write("src/app.py", APP)
+    project.write("src/app.py", "x = 1\n")
     project.write("src/notes.txt", "notes\n")
-    project.toml(
-        """
-        [services.api]
-        command = "python3 src/app.py"
-        watch = ["src/**/*.py"]
-        start_secs = 0.2
-        """
-    )
-    run = project.up()
-    watching(run)
-    pid = project.wait_state("api", "running")["pid"]
+    run, pid = up_api(project, 'watch = ["src/**/*.py"]')
     project.write("src/notes.txt", "not a .py file\n")  # matches no entry
     project.write("src/app.py", APP + "# edited\n")
     new_pid(project, "api", pid)
@@ -97,23 +101,11 @@ def test_an_edit_restarts_the_service_and_names_the_file(project: Project) -> No
 
 def test_a_directory_moved_in_is_looked_into(project: Project) -> None:
     # A rename raises one event, for the directory: its files must be looked for.
-    project.write("app.py", APP)
-    project.toml(
-        """
-        [services.api]
-        command = "python3 app.py"
-        watch = ["src/**/*.py"]
-        start_secs = 0.2
-        """
-    )
-    (project.root / "src").mkdir()
     outside = project.root.parent / "pkg"
     (outside / "sub").mkdir(parents=True)
     (outside / "sub" / "mod.py").write_text("x = 1\n")
     (outside / "README").write_text("not .py\n")
-    run = project.up()
-    watching(run)
-    pid = project.wait_state("api", "running")["pid"]
+    run, pid = up_api(project, 'watch = ["src/**/*.py"]', "src")
     os.rename(outside, project.root / "src" / "pkg")
     new_pid(project, "api", pid)
     assert sentinel(project, run, "src/x.py") == ["src/pkg/sub/mod.py changed"]
@@ -161,19 +153,7 @@ def test_a_burst_with_short_pauses_is_one_restart(project: Project) -> None:
     # A formatter or a slow checkout: 500 files in 5 runs of 100 writes 2 ms apart, with 100 ms
     # pauses between the runs (the timing is the scenario: runs longer than the 300 ms that end
     # a burst, pauses shorter than that).
-    project.write("app.py", APP)
-    project.toml(
-        """
-        [services.api]
-        command = "python3 app.py"
-        watch = ["src/"]
-        start_secs = 0.2
-        """
-    )
-    (project.root / "src").mkdir()
-    run = project.up()
-    watching(run)
-    pid = project.wait_state("api", "running")["pid"]
+    run, pid = up_api(project, 'watch = ["src/"]', "src")
     written = []
     for run_of in range(5):
         for i in range(100):
@@ -226,19 +206,7 @@ def logs(project: Project, name: str) -> str:
 
 
 def test_default_ignores(project: Project) -> None:
-    project.write("app.py", APP)
-    project.toml(
-        """
-        [services.api]
-        command = "python3 app.py"
-        watch = ["./"]
-        start_secs = 0.2
-        """
-    )
-    (project.root / "src").mkdir()
-    run = project.up()
-    watching(run)
-    project.wait_state("api", "running")
+    run, _ = up_api(project, 'watch = ["./"]', "src")
     ignored = [
         ".git/index",
         "node_modules/pkg/index.js",
@@ -259,20 +227,11 @@ def test_default_ignores(project: Project) -> None:
 
 
 def test_watch_ignore(project: Project) -> None:
-    project.write("app.py", APP)
-    project.toml(
-        """
-        [services.api]
-        command = "python3 app.py"
+    keys = """
         watch = ["src/"]
         watch_ignore = ["*.log", "src/generated/", "tmp"]
-        start_secs = 0.2
         """
-    )
-    (project.root / "src").mkdir()
-    run = project.up()
-    watching(run)
-    project.wait_state("api", "running")
+    run, _ = up_api(project, keys, "src")
     for path in ("src/app.log", "src/deep/er/x.log", "src/generated/a_pb2.py", "src/x/tmp/y.py"):
         project.write(path, "x\n")
     assert sentinel(project, run, "src/generated.py") == []
@@ -280,44 +239,24 @@ def test_watch_ignore(project: Project) -> None:
 
 def test_restart_dependents_transitively(project: Project) -> None:
     project.write("app.py", APP)
+    keys = {
+        "api": 'watch = ["app.py"]\nwatch_restart_dependents = true',
+        "web": 'depends_on = ["api"]',
+        "edge": 'depends_on = { web = "started" }',
+        "solo": "",
+        "db": 'watch = ["db/"]',  # without watch_restart_dependents
+        "reader": 'depends_on = ["db"]',
+    }
     project.toml(
-        """
-        [services.api]
-        command = "python3 app.py"
-        watch = ["app.py"]
-        watch_restart_dependents = true
-        start_secs = 0.2
-
-        [services.web]
-        command = "python3 app.py"
-        depends_on = ["api"]
-        start_secs = 0.2
-
-        [services.edge]
-        command = "python3 app.py"
-        depends_on = { web = "started" }
-        start_secs = 0.2
-
-        [services.solo]
-        command = "python3 app.py"
-        start_secs = 0.2
-
-        [services.db]
-        command = "python3 app.py"
-        watch = ["db/"]
-        start_secs = 0.2
-
-        [services.reader]
-        command = "python3 app.py"
-        depends_on = ["db"]
-        start_secs = 0.2
-        """
+        "".join(
+            f'[services.{name}]\ncommand = "python3 app.py"\nstart_secs = 0.2\n{extra}\n\n'
+            for name, extra in keys.items()
+        )
     )
     project.write("db/schema.sql", "create table t;\n")
     run = project.up()
     watching(run)
-    names = ("api", "web", "edge", "solo", "db", "reader")
-    pids = {n: project.wait_state(n, "running")["pid"] for n in names}
+    pids = {n: project.wait_state(n, "running")["pid"] for n in keys}
     project.write("app.py", APP + "# edited\n")
     for name in ("api", "web", "edge"):
         new_pid(project, name, pids[name])
@@ -432,17 +371,7 @@ def test_reload_follows_the_watch_set(project: Project) -> None:
 
 
 def test_a_killed_watch_worker_comes_back_and_watches(project: Project) -> None:
-    project.write("app.py", APP)
-    project.toml(
-        """
-        [services.api]
-        command = "python3 app.py"
-        watch = ["app.py"]
-        start_secs = 0.2
-        """
-    )
-    run = project.up()
-    watching(run)
+    run, _ = up_api(project, 'watch = ["app.py"]')
     worker = next(w for w in project.status()["workers"] if w["name"] == "watch")
     os.kill(worker["pid"], signal.SIGKILL)
     watching(run, 2)
