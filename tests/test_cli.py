@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -177,8 +178,20 @@ def test_shell_completion_of_commands_and_service_names(project: Project) -> Non
     assert complete("devmesh restart wo") == ["worker"]
     assert complete("devmesh -f proj stop ") == ["web", "worker"]
     assert complete("devmesh stop -f proj/devmesh.toml w") == ["web", "worker"]
-    shown = project.cli("--show-completion", "bash", env={"SHELL": "/bin/bash"})
-    assert shown.returncode == 0 and "_DEVMESH_COMPLETE=complete_bash" in shown.stdout
+    # `--show-completion` names the shell it runs in (shellingham reads the parent processes):
+    # from bash, as a user types it, whatever runs the tests (no shell at all under setsid).
+    shown = subprocess.run(
+        # Not the last command of `bash -c` (bash would exec it, and be gone as its parent).
+        ["bash", "-c", f"{shlex.quote(PY)} -m devmesh --show-completion; exit $?"],
+        cwd=project.root,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "_DEVMESH_COMPLETE=complete_bash" in shown.stdout
 
 
 def test_skipped_dotenv_lines_are_warned_at_check_up_and_reload(project: Project) -> None:
