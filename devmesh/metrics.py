@@ -262,6 +262,16 @@ def _discovery(stats: Mapping[str, Any]) -> Iterator[Metric]:
     for name, key, doc in (
         ("devmesh_discovery_packets_received", "received", "Discovery datagrams received."),
         ("devmesh_discovery_announcements_sent", "sent", "Announcements sent (each part)."),
+        (
+            "devmesh_discovery_replies_sent",
+            "replied",
+            "Announcements sent by unicast at once to a peer just heard (a new node or boot).",
+        ),
+        (
+            "devmesh_discovery_replies_limited",
+            "replies_limited",
+            "Such replies not sent: over the per-peer or per-interval limit.",
+        ),
     ):
         counter = CounterMetricFamily(name, doc)
         counter.add_metric([], stats.get(key, 0))

@@ -379,9 +379,19 @@ def test_discovery_drop_reasons_count_from_zero_and_are_the_ones_discovery_uses(
     discovery runs); the list is the one the discovery code counts into."""
     state = {
         "status": {"services": []},
-        "peers": {"stats": {"received": 3, "sent": 2, "dropped": {"stale": 2}}},
+        "peers": {
+            "stats": {
+                "received": 3,
+                "sent": 2,
+                "replied": 4,
+                "replies_limited": 1,
+                "dropped": {"stale": 2},
+            }
+        },
     }
     text = render(lambda: state, str(tmp_path)).decode()
+    assert samples(text, "devmesh_discovery_replies_sent_total") == [4]
+    assert samples(text, "devmesh_discovery_replies_limited_total") == [1]
     for reason in DISCOVERY_DROP_REASONS:
         expected = [2] if reason == "stale" else [0]
         assert samples(text, "devmesh_discovery_packets_rejected_total", reason=reason) == expected
