@@ -14,6 +14,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.browser import ARTIFACTS, launch, need_chromium
-from tests.conftest import Project, http_get, wait_until
+from tests.conftest import Project, free_port, http_get, wait_until
 
 try:
     from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
@@ -303,6 +305,50 @@ def test_restart_button_restarts_the_service(
     assert project.service("api")["user_stopped"] is True
     page.get_by_test_id("start-api").click()
     expect(page.get_by_test_id("service-state-api")).to_have_text("running", timeout=10_000)
+    dash.not_reloaded()
+    dash.offline()
+
+
+@pytest.mark.timeout(90)
+def test_a_service_run_by_hand_shows_as_external_with_its_readiness(
+    project: Project,
+    dashboard: Callable[[Project], Dashboard],
+    started: list[subprocess.Popen[str]],
+) -> None:
+    """A service with only a port: `external`, "not listening" until the app started by hand
+    answers, then "ready"; Stop takes it out of the mesh and Start puts it back; Restart is
+    off (devmesh does not run it)."""
+    project.write("server.py", SERVER)
+    mono = free_port()
+    project.toml(f"[services.mono]\nport = {mono}\n")
+    project.up()
+    project.wait_state("mono", "external")
+    dash = dashboard(project)
+    page = dash.page
+    state, health = (
+        page.get_by_test_id("service-state-mono"),
+        page.get_by_test_id("service-health-mono"),
+    )
+    expect(state).to_have_text("external")
+    expect(health).to_have_text("not listening")
+    expect(page.get_by_test_id("restart-mono")).to_be_disabled()
+    expect(page.get_by_test_id("start-mono")).to_be_disabled()
+    expect(page.get_by_test_id("stop-mono")).to_be_enabled()
+
+    env = {**project.env, "PORT": str(mono), "DEVMESH_SERVICE": "mono"}
+    started.append(
+        subprocess.Popen([sys.executable, "server.py", "200"], cwd=project.root, env=env, text=True)
+    )
+    expect(health).to_have_text("ready", timeout=PUSHED_MS)
+    expect(state).to_have_text("external")  # never "stopped" while it serves
+
+    page.get_by_test_id("stop-mono").click()
+    expect(state).to_have_text("stopped", timeout=PUSHED_MS)
+    expect(health).to_have_text("\u2013")  # not probed
+    expect(page.get_by_test_id("start-mono")).to_be_enabled()
+    page.get_by_test_id("start-mono").click()
+    expect(state).to_have_text("external", timeout=PUSHED_MS)
+    expect(health).to_have_text("ready", timeout=PUSHED_MS)
     dash.not_reloaded()
     dash.offline()
 
