@@ -374,10 +374,12 @@ def test_a_killed_watch_worker_comes_back_and_watches(project: Project) -> None:
     run, _ = up_api(project, 'watch = ["app.py"]')
     worker = next(w for w in project.status()["workers"] if w["name"] == "watch")
     os.kill(worker["pid"], signal.SIGKILL)
-    watching(run, 2)
+    watching(run, 2)  # the new worker has its plan in place
+    again = next(w for w in project.status()["workers"] if w["name"] == "watch")
+    assert again["pid"] != worker["pid"] and again["restarts"] == 1, again
     pid = project.wait_state("api", "running")["pid"]
     project.write("app.py", APP + "# edited\n")
-    new_pid(project, "api", pid)
+    assert new_pid(project, "api", pid) != pid  # and it watches: the edit restarts api
 
 
 def test_no_watch_no_worker(project: Project) -> None:
