@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.apps import http_app
 from tests.browser import ARTIFACTS, launch, need_chromium
 from tests.conftest import Project, free_port, http_get, wait_until
 
@@ -49,25 +50,14 @@ print("crashing now", flush=True)
 raise SystemExit(3)
 """
 # An HTTP service answering every GET with the status given as its argument.
-SERVER = """
-import os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-CODE = int(sys.argv[1])
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"{CODE} from {os.environ['DEVMESH_SERVICE']}\\n".encode()
-        self.send_response(CODE)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):
-        print("request", self.path, flush=True)
-
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"""
+SERVER = http_app(
+    """
+    body = f"{CODE} from {os.environ['DEVMESH_SERVICE']}\\n".encode()
+    status = CODE
+    """,
+    setup="CODE = int(sys.argv[1])",
+    log='print("request", self.path, flush=True)',
+)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.apps import http_app
 from tests.conftest import Project, wait_until
 from tests.lab import Lab, lab_unavailable
 
@@ -430,21 +431,13 @@ def test_garbage_datagrams_are_dropped_and_counted(
     )
 
 
-SICKLY = """
-import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        sick = os.path.exists("sick")
-        body = ("sick" if sick else open("site/index.html").read().strip()).encode()
-        self.send_response(503 if sick else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"""
+SICKLY = http_app(
+    """
+    sick = os.path.exists("sick")
+    body = ("sick" if sick else open("site/index.html").read().strip()).encode()
+    status = 503 if sick else 200
+    """
+)
 
 
 def test_a_peer_copy_turning_unhealthy_mid_load(

@@ -15,6 +15,7 @@ import pytest
 
 from devmesh.health.policy import Health, HealthTracker
 from devmesh.health.probes import expand, probe
+from tests.apps import http_app
 from tests.conftest import Project, free_port, wait_until
 from tests.proxy_helpers import ProxyProc, service
 
@@ -137,24 +138,13 @@ def test_tcp_and_command_probes(tmp_path: object) -> None:
 
 # ---------------------------------------------------------------------- a mesh
 
-FLIP = """
-import os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path == "/health":
-            status = 200 if os.path.exists("healthy") else 503
-        else:
-            status = 200
-        body = f"{os.environ['DEVMESH_SERVICE']} {self.path}".encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"""
+FLIP = http_app(
+    """
+    if self.path == "/health":
+        status = 200 if os.path.exists("healthy") else 503
+    body = f"{os.environ['DEVMESH_SERVICE']} {self.path}".encode()
+    """
+)
 
 
 def test_routing_and_dependencies_follow_health(project: Project) -> None:

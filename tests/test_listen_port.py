@@ -8,27 +8,15 @@ import socket
 
 import pytest
 
+from tests.apps import http_app
 from tests.conftest import Project, free_port, wait_until
 from tests.test_proxy_mesh import answer
 
 # Listens on the port (and address) given on its command line, whatever $PORT says.
-OWN_PORT = """
-import socket, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-host, port = sys.argv[1], int(sys.argv[2])
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"own port {port} on {host}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(ThreadingHTTPServer):
-    address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-S((host, port), H).serve_forever()
-"""
+OWN_PORT = http_app(
+    'body = f"own port {PORT} on {HOST}".encode()',
+    setup="HOST, PORT = sys.argv[1], int(sys.argv[2])",
+)
 
 
 def ipv6_loopback() -> bool:

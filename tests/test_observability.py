@@ -10,27 +10,19 @@ from typing import Any
 
 from devmesh.metrics import DURATION_BUCKETS, ProxyMetrics
 from devmesh.proxy.stats import RequestStats
+from tests.apps import http_app
 from tests.conftest import Project, wait_until
 from tests.conftest import http_get as get
 from tests.otlp_receiver import OtlpReceiver
 
 # Answers every GET with what it received: path and headers, as JSON.
-ECHO = """
-import json, os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"""
+ECHO = http_app(
+    """
+    body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
+    headers["Content-Type"] = "application/json"
+    """,
+    keep_alive=True,
+)
 
 
 def echo_project(project: Project, extra: str = "") -> None:

@@ -11,23 +11,13 @@ import subprocess
 import sys
 import time
 
+from tests.apps import http_app
 from tests.conftest import Project, free_port, pid_alive, wait_until
 
-HELLO = """
-import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-NAME = os.environ["DEVMESH_SERVICE"] + os.environ.get("SUFFIX", "")
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"{NAME} {self.headers['Host']} {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"""
+HELLO = http_app(
+    """body = f"{NAME} {self.headers['Host']} {self.path}".encode()""",
+    setup='NAME = os.environ["DEVMESH_SERVICE"] + os.environ.get("SUFFIX", "")',
+)
 
 
 def get(port: int, host: str, path: str = "/", accept: str = "") -> tuple[int, str, dict[str, str]]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.apps import http_app
 from tests.conftest import Project, wait_until
 from tests.lab import Lab, lab_unavailable
 from tests.test_discovery_lab import CLIENT, INTERVAL, get, load, peers_json, sees, services_seen
@@ -27,25 +28,16 @@ from tests.test_discovery_lab import CLIENT, INTERVAL, get, load, peers_json, se
 pytestmark = pytest.mark.skipif(lab_unavailable() is not None, reason=str(lab_unavailable()))
 
 # A service that answers its own 403 (a header and a body of its own) when asked to.
-SERVICE = """
-import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-BODY = open("body.txt").read().strip().encode()
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        deny = self.headers.get("X-Want-403") is not None
-        body = b"denied by the service itself" if deny else BODY
-        self.send_response(403 if deny else 200)
-        if deny:
-            self.send_header("X-Reason", "the service's own")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"""
+SERVICE = http_app(
+    """
+    deny = self.headers.get("X-Want-403") is not None
+    body = b"denied by the service itself" if deny else BODY
+    if deny:
+        status, headers = 403, {"X-Reason": "the service's own"}
+    """,
+    setup='BODY = open("body.txt").read().strip().encode()',
+    keep_alive=True,
+)
 
 
 BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n"
