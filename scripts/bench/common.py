@@ -153,3 +153,17 @@ class Goal:
 def verdict(goal: Goal) -> str:
     """PASS / FAIL / not measured."""
     return "not measured" if goal.passed is None else ("PASS" if goal.passed else "FAIL")
+
+
+def lab_missing() -> bool:
+    """True, after saying why on stderr, when the lab's network namespaces cannot be made here
+    (tests/lab.py decides: root and iproute2 are needed)."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from lab import lab_unavailable  # tests/lab.py
+
+    why = lab_unavailable()
+    if why is not None:
+        print(f"cannot build the lab: {why}", file=sys.stderr)
+    return why is not None

@@ -80,19 +80,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import (  # scripts/bench/common.py
+from common import (
     CALLER_ONLY,
     ROOT,
     DevmeshSource,
     Goal,
     add_output_options,
     devmesh_under_test,
+    lab_missing,  # scripts/bench/common.py
     verdict,
     write_section,
 )
 
 sys.path.insert(0, str(ROOT / "tests"))
-from lab import Lab, lab_unavailable  # tests/lab.py, through the line above
+from lab import Lab  # tests/lab.py, through the line above
 
 CLIENT = ROOT / "tests" / "fixtures" / "lab_client.py"
 PROXY_PORT = 18080  # every node's, each in its own namespace
@@ -1029,9 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every measured goal passed, 1 otherwise."""
     global SOURCE
     args = parse_args(argv)
-    why = lab_unavailable()
-    if why is not None:
-        print(f"cannot build the lab: {why}", file=sys.stderr)
+    if lab_missing():
         return 2
     with devmesh_under_test(args.source) as SOURCE:
         SOURCE.compile()

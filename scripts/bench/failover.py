@@ -68,14 +68,15 @@ from pathlib import Path
 from typing import Any
 
 import discovery as d  # scripts/bench/discovery.py: the lab nodes
-from common import (  # scripts/bench/common.py
+from common import (
     Goal,
     add_output_options,
     devmesh_under_test,
+    lab_missing,  # scripts/bench/common.py
     verdict,
     write_section,
 )
-from lab import Lab, lab_unavailable  # tests/lab.py (discovery.py put it on the path)
+from lab import Lab  # tests/lab.py (discovery.py put it on the path)
 
 INTERVAL = 1.0
 SERVICE = "shared"
@@ -405,9 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every measured goal passed."""
     args = parse_args(argv)
-    why = lab_unavailable()
-    if why is not None:
-        print(f"cannot build the lab: {why}", file=sys.stderr)
+    if lab_missing():
         return 2
     with devmesh_under_test(args.source) as source:
         source.compile()

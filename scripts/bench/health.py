@@ -74,20 +74,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import (  # scripts/bench/common.py
+from common import (
     CALLER_ONLY,
     ROOT,
     DevmeshSource,
     Goal,
     add_output_options,
     devmesh_under_test,
+    lab_missing,  # scripts/bench/common.py
     verdict,
     write_section,
 )
 from discovery import API, environ, listed, load_api, stop_process, sweep_lab
 
 sys.path.insert(0, str(ROOT / "tests"))
-from lab import Lab, lab_unavailable  # tests/lab.py, through the line above
+from lab import Lab  # tests/lab.py, through the line above
 
 BACKEND = """
 import os, time
@@ -777,11 +778,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every measured goal passed, 1 otherwise."""
     global SOURCE
     args = parse_args(argv)
-    if args.only in (None, "passive"):
-        why = lab_unavailable()
-        if why is not None:
-            print(f"cannot build the lab: {why}", file=sys.stderr)
-            return 2
+    if args.only in (None, "passive") and lab_missing():
+        return 2
     with devmesh_under_test(args.source) as SOURCE:
         SOURCE.compile()
         load_api(SOURCE)
